@@ -1,0 +1,289 @@
+"""The backward pass: reverse-mode accumulation over the recorded graph, iteratively.
+
+1. Walk the graph from the roots with an explicit stack (never recursion) and count,
+   for every node, how many edges lead into it from other reachable nodes.
+2. Process nodes in Kahn order: a node runs its VJP only when every consumer of its
+   outputs has sent its gradient, so each gradient is complete when used.
+3. After a node's VJP, each input gradient is summed back to the input's shape (the one
+   place broadcasting is undone), cast to its dtype, and accumulated: into the parent
+   node's buffer, or into a leaf's ``.grad``.
+4. Unless ``retain_graph=True``, each node releases its saved arrays right after use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import backend
+from .function import Context, no_grad
+from .tensor import Tensor
+
+
+def sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum a broadcast gradient back to ``shape`` (the inverse of broadcasting)."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        i + extra for i, size in enumerate(shape) if size == 1 and grad.shape[i + extra] != 1
+    )
+    grad = grad.sum(axis=axes, keepdims=True) if axes else grad
+    return grad.reshape(shape)
+
+
+def _initial_grad(tensor: Tensor, grad: Any) -> Any:
+    """The gradient a root starts with, checked against the root's shape and device."""
+    xp = backend.get_array_module(tensor.device)
+    if grad is None:
+        if tensor.size != 1:
+            raise RuntimeError(
+                f"backward() without a gradient needs a tensor with one element, this one has "
+                f"shape {tensor.shape}; pass grad= shaped like it (e.g. tl.ones({tensor.shape})) "
+                "or reduce it first (e.g. .sum())"
+            )
+        return xp.ones(tensor.data.shape, dtype=tensor.dtype)
+    if isinstance(grad, Tensor):
+        if grad.device != tensor.device:
+            raise backend.DeviceError(
+                f"backward: the gradient is on {grad.device!r} but the tensor on {tensor.device!r}"
+            )
+        grad = grad.data
+    elif backend.device_of_array(grad) not in (None, tensor.device):
+        raise backend.DeviceError(
+            f"backward: the gradient array is on {backend.device_of_array(grad)!r} but the tensor on {tensor.device!r}"
+        )
+    else:
+        grad = backend.get_device(tensor.device).from_host(grad) if backend.device_of_array(grad) is None else grad
+    if tuple(grad.shape) != tensor.shape:
+        raise ValueError(
+            f"backward: the gradient has shape {tuple(grad.shape)} but the tensor has shape {tensor.shape}"
+        )
+    return grad.astype(tensor.dtype, copy=False)
+
+
+def _count_consumers(roots: list[Context]) -> dict[Context, int]:
+    """For each reachable node, the number of graph edges that feed gradient into it."""
+    consumers: dict[Context, int] = {node: 0 for node in roots}
+    stack = list(consumers)
+    while stack:
+        node = stack.pop()
+        _check_not_freed(node)
+        for edge in node.edges:
+            if edge is None or isinstance(edge, Tensor):
+                continue
+            parent = edge[0]
+            if parent in consumers:
+                consumers[parent] += 1
+            else:
+                consumers[parent] = 1
+                stack.append(parent)
+    return consumers
+
+
+def _check_not_freed(node: Context) -> None:
+    if node.freed:
+        raise RuntimeError(
+            f"backward through the graph a second time: the {node.name} node has already "
+            "freed its saved arrays; pass retain_graph=True to the first backward() "
+            "if you need to backpropagate through it again"
+        )
+
+
+def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
+    current = node.grads[index]
+    if current is None:
+        node.grads[index] = grad
+    elif node.owned[index]:
+        current += grad  # a buffer this pass allocated: add in place
+    else:
+        node.grads[index] = current + grad
+        node.owned[index] = True
+
+
+def run_backward(
+    roots: Sequence[Tensor],
+    grads: Sequence[Any],
+    retain_graph: bool = False,
+    capture: Sequence[Tensor] | None = None,
+) -> list[Any] | None:
+    """Backpropagate ``grads`` from ``roots``.
+
+    Without ``capture``, gradients accumulate into ``.grad`` of the leaves (and of
+    non-leaves that called ``retain_grad()``). With ``capture``, nothing is written to
+    ``.grad``: the gradients reaching those tensors are returned instead (None for a
+    tensor that the roots do not depend on).
+    """
+    leaf_grads: dict[int, list] = {}  # id(leaf) -> [leaf, grad, owned]
+    captured_leaves: dict[int, int] = {}
+    captured_outputs: dict[tuple[int, int], int] = {}
+    results: list[Any] = []
+    if capture is not None:
+        results = [None] * len(capture)
+        for position, tensor in enumerate(capture):
+            if tensor._node is None:
+                captured_leaves[id(tensor)] = position
+            else:
+                captured_outputs[(id(tensor._node), tensor._output_index)] = position
+
+    def deliver_to_leaf(leaf: Tensor, grad: Any) -> None:
+        entry = leaf_grads.get(id(leaf))
+        if entry is None:
+            leaf_grads[id(leaf)] = [leaf, grad, False]
+        elif entry[2]:
+            entry[1] += grad
+        else:
+            entry[1] = entry[1] + grad
+            entry[2] = True
+
+    root_nodes = []
+    for root, grad in zip(roots, grads):
+        if not root.requires_grad:
+            raise RuntimeError(
+                "backward() on a tensor that does not require grad: no input of its graph "
+                "has requires_grad=True (or it was computed under no_grad())"
+            )
+        grad = _initial_grad(root, grad)
+        if root._node is None:
+            deliver_to_leaf(root, grad)
+        else:
+            _check_not_freed(root._node)
+            _accumulate_into_node(root._node, root._output_index, grad)
+            root_nodes.append(root._node)
+
+    with no_grad():
+        if root_nodes:
+            _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results)
+
+    for leaf, grad, _owned in leaf_grads.values():
+        if capture is not None:
+            position = captured_leaves.get(id(leaf))
+            if position is not None:
+                results[position] = grad
+        else:
+            _add_to_dot_grad(leaf, grad)
+    return results if capture is not None else None
+
+
+def _add_to_dot_grad(tensor: Tensor, grad: Any) -> None:
+    if tensor.grad is None:
+        tensor.grad = Tensor._make(grad, tensor.device)
+    else:
+        tensor.grad = Tensor._make(tensor.grad.data + grad, tensor.device)
+
+
+def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results) -> None:
+    consumers = _count_consumers(list(dict.fromkeys(root_nodes)))
+    ready = [node for node, count in consumers.items() if count == 0]
+    while ready:
+        node = ready.pop()
+        output_grads = node.grads
+        if captured_outputs:
+            for index, grad in enumerate(output_grads):
+                position = captured_outputs.get((id(node), index))
+                if position is not None:
+                    results[position] = grad
+        if node.retained and not captured_outputs:
+            _fill_retained(node)
+        edges = node.edges
+        if any(grad is not None for grad in output_grads):
+            input_grads = node.function.backward(node, *_materialize(node))
+            if not isinstance(input_grads, tuple):
+                input_grads = (input_grads,)
+            if len(input_grads) != len(edges):
+                raise RuntimeError(
+                    f"{node.name}.backward returned {len(input_grads)} gradients for "
+                    f"{len(edges)} inputs; return one per forward input (None for no gradient)"
+                )
+        else:
+            input_grads = (None,) * len(edges)
+        for edge, grad in zip(edges, input_grads):
+            if edge is None:
+                continue
+            if grad is not None:
+                if isinstance(edge, Tensor):
+                    target_shape, target_dtype = edge.data.shape, edge.data.dtype
+                else:
+                    parent, index = edge
+                    target_shape, target_dtype = parent.output_meta[index]
+                grad = _fit_gradient(grad, target_shape, target_dtype, node)
+            if isinstance(edge, Tensor):
+                if grad is not None:
+                    deliver_to_leaf(edge, grad)
+                continue
+            parent, index = edge
+            if grad is not None:
+                _accumulate_into_node(parent, index, grad)
+            consumers[parent] -= 1
+            if consumers[parent] == 0:
+                ready.append(parent)
+        if retain_graph:
+            node.grads = [None] * len(output_grads)
+            node.owned = [False] * len(output_grads)
+        else:
+            node.release()
+
+
+def _fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, node: Context) -> Any:
+    """Undo broadcasting and cast: the gradient must look exactly like its input."""
+    if grad.shape != shape:
+        try:
+            grad = sum_to(grad, shape)
+        except ValueError:
+            raise RuntimeError(
+                f"{node.name}.backward returned a gradient of shape {grad.shape} for an input of shape {shape}"
+            ) from None
+    if grad.dtype != dtype:
+        grad = grad.astype(dtype)
+    return grad
+
+
+def _materialize(node: Context) -> list[Any]:
+    """Output gradients for the VJP; missing ones of a multi-output op become zeros."""
+    grads = node.grads
+    if not node.multi_output:
+        return grads
+    return [
+        node.xp.zeros(shape, dtype=dtype) if grad is None else grad
+        for grad, (shape, dtype) in zip(grads, node.output_meta)
+    ]
+
+
+def _fill_retained(node: Context) -> None:
+    for index, reference in node.retained.items():
+        tensor = reference()
+        grad = node.grads[index]
+        if tensor is not None and grad is not None:
+            _add_to_dot_grad(tensor, grad.copy())
+
+
+def backward(tensors: Sequence[Tensor], grads: Sequence[Any] | None = None, retain_graph: bool = False) -> None:
+    """Accumulate gradients of ``tensors`` (seeded with ``grads``) into the leaves' ``.grad``."""
+    tensors = list(tensors)
+    grads = [None] * len(tensors) if grads is None else list(grads)
+    run_backward(tensors, grads, retain_graph=retain_graph)
+
+
+def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: bool = False) -> tuple:
+    """d(outputs)/d(inputs) · grad_outputs, returned as Tensors without touching ``.grad``.
+
+    Like ``torch.autograd.grad``: ``outputs`` and ``inputs`` are Tensors or sequences of
+    them. An input the outputs do not depend on gets a zero gradient.
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]
+    for tensor in inputs:
+        if not tensor.requires_grad:
+            raise ValueError("grad(): every input must require grad")
+    arrays = run_backward(outputs, list(grad_outputs), retain_graph=retain_graph, capture=inputs)
+    result = []
+    for tensor, array in zip(inputs, arrays):
+        if array is None:
+            array = backend.get_array_module(tensor.device).zeros(tensor.data.shape, dtype=tensor.dtype)
+        result.append(Tensor._make(array, tensor.device))
+    return tuple(result)

@@ -1,0 +1,139 @@
+"""The one module that knows about NumPy and CuPy.
+
+Every other part of the engine asks this module for the array module (``xp``) of a
+device and never touches ``numpy`` or ``cupy`` on tensor data directly. That is what
+lets the same op code run on the host and on a GPU.
+
+Devices: ``"cpu"`` computes with NumPy, ``"cuda"`` with CuPy. More can be registered
+with :func:`register_device` (the test suite registers a strict stand-in for CuPy).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+
+class DeviceError(RuntimeError):
+    """A device is unknown or unavailable, or one op mixes tensors of two devices."""
+
+
+class _Device:
+    """An array module plus how arrays get to and from the host."""
+
+    __slots__ = ("name", "xp", "array_type", "from_host", "to_host")
+
+    def __init__(self, name, xp, array_type, from_host, to_host):
+        self.name = name
+        self.xp = xp
+        self.array_type = array_type
+        self.from_host = from_host
+        self.to_host = to_host
+
+
+_devices: dict[str, _Device] = {
+    "cpu": _Device("cpu", np, np.ndarray, lambda a: a, lambda a: a),
+}
+_device_of_type: dict[type, str] = {np.ndarray: "cpu"}
+_default_device: str | None = None
+
+
+def register_device(name: str, xp: Any, array_type: type, from_host, to_host) -> None:
+    """Make ``name`` usable as a device whose arrays are ``array_type`` made by ``xp``."""
+    _devices[name] = _Device(name, xp, array_type, from_host, to_host)
+    _device_of_type[array_type] = name
+
+
+def _load_cuda() -> None:
+    """Register the ``"cuda"`` device, or say exactly which piece is missing."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise DeviceError(
+            "device 'cuda' needs CuPy, which is not installed. Install the cuda extra: "
+            "pip install 'tinygrad_lstm[cuda]' (or use device='cpu')."
+        ) from error
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CuPy raises its own CUDARuntimeError without a GPU
+        raise DeviceError(
+            f"device 'cuda' needs a CUDA GPU, but CuPy could not reach one ({error}). Use device='cpu' on this machine."
+        ) from error
+    if count == 0:
+        raise DeviceError("device 'cuda' needs a CUDA GPU, but none was found. Use device='cpu'.")
+    register_device("cuda", cupy, cupy.ndarray, cupy.asarray, cupy.asnumpy)
+
+
+def get_device(name: str) -> _Device:
+    """The registered device called ``name``; ``"cuda"`` is loaded on first request."""
+    device = _devices.get(name)
+    if device is not None:
+        return device
+    if name == "cuda":
+        _load_cuda()
+        return _devices["cuda"]
+    known = ", ".join(sorted(set(_devices) | {"cuda"}))
+    raise DeviceError(f"unknown device {name!r}; known devices: {known}")
+
+
+def get_array_module(device: str) -> ModuleType:
+    """The array module (``numpy`` or ``cupy``) that computes on ``device``."""
+    return get_device(device).xp
+
+
+def device_of_array(array: Any) -> str | None:
+    """The device an array lives on, or None for something that is not a device array."""
+    name = _device_of_type.get(type(array))
+    if name is not None:
+        return name
+    for array_type, device_name in _device_of_type.items():
+        if isinstance(array, array_type):
+            return device_name
+    module = type(array).__module__
+    if module.startswith("cupy"):
+        get_device("cuda")  # registers CuPy's array type, or explains why it cannot
+        return "cuda"
+    return None
+
+
+def to_device(array: Any, source: str, target: str) -> Any:
+    """Copy ``array`` from device ``source`` to device ``target`` (via the host)."""
+    if source == target:
+        return array
+    host = get_device(source).to_host(array)
+    return get_device(target).from_host(np.asarray(host))
+
+
+def to_host(array: Any, device: str) -> np.ndarray:
+    """A host NumPy array with the contents of a device array."""
+    return np.asarray(get_device(device).to_host(array))
+
+
+def set_default_device(name: str) -> None:
+    """Choose the device new tensors go to when no ``device=`` is given."""
+    global _default_device
+    get_device(name)  # fail here, at the call that asks, if the device cannot work
+    _default_device = name
+
+
+def default_device() -> str:
+    """The default device: set_default_device, else $TINYGRAD_LSTM_DEVICE, else "cpu"."""
+    global _default_device
+    if _default_device is None:
+        name = os.environ.get("TINYGRAD_LSTM_DEVICE", "cpu").strip() or "cpu"
+        get_device(name)
+        _default_device = name
+    return _default_device
+
+
+def scatter_add(xp: Any, target: Any, index: Any, values: Any) -> None:
+    """``target[index] += values`` where repeated indices accumulate (in place)."""
+    if hasattr(xp.add, "at"):
+        xp.add.at(target, index, values)
+    else:  # older CuPy versions keep it in cupyx
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)

@@ -1,0 +1,505 @@
+"""The primitive ops: each one's forward and its vector-Jacobian product (VJP) together.
+
+Read top to bottom, this file is the whole table of derivative rules. Notation: ``g`` is
+the gradient arriving at the op's output, ``y`` the op's output. Each ``backward``
+returns one gradient per forward input.
+
+Broadcasting is undone once, by the engine (``autograd.sum_to``), after an op's
+backward: an elementwise op returns its gradient in the broadcast shape and the engine
+sums it back to each input's shape. Ops here never reduce broadcasting themselves.
+"""
+
+from __future__ import annotations
+
+from . import backend
+from .function import Function
+
+# --------------------------------------------------------------------- binary
+
+
+class Add(Function):
+    """y = a + b;  VJP: (g, g)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Function):
+    """y = a - b;  VJP: (g, -g)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, (-g if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    """y = a · b;  VJP: (g · b, g · a)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad
+        return (g * b if need_a else None), (g * a if need_b else None)
+
+
+class Div(Function):
+    """y = a / b;  VJP: (g / b, -g · y / b)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = a / b
+        ctx.save_for_backward(b, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        b, y = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad
+        grad_a = g / b if need_a else None
+        grad_b = -g * y / b if need_b else None
+        return grad_a, grad_b
+
+
+class Pow(Function):
+    """y = a ** b;  VJP: (g · b · a ** (b - 1), g · y · log a)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = a**b
+        ctx.save_for_backward(a, b, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, y = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad
+        grad_a = g * b * a ** (b - 1) if need_a else None
+        grad_b = g * y * ctx.xp.log(a) if need_b else None
+        return grad_a, grad_b
+
+
+class Maximum(Function):
+    """y = max(a, b);  VJP: g to the larger input, g/2 to each where a == b."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ctx.xp.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        share_a = (a > b) + 0.5 * (a == b)
+        share_a = share_a.astype(g.dtype, copy=False)
+        return g * share_a, g * (1 - share_a)
+
+
+class Where(Function):
+    """y = a where condition else b;  VJP: (g · condition, g · ¬condition)."""
+
+    @staticmethod
+    def forward(ctx, a, b, condition):
+        ctx.condition = condition
+        return ctx.xp.where(condition, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        zero = ctx.xp.zeros((), dtype=g.dtype)
+        return ctx.xp.where(ctx.condition, g, zero), ctx.xp.where(ctx.condition, zero, g)
+
+
+class MatMul(Function):
+    """y = a @ b;  VJP: (g @ bᵀ, aᵀ @ g), with 1-D operands treated as a row / a column."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        xp = ctx.xp
+        need_a, need_b = ctx.needs_input_grad
+        # Promote 1-D operands to matrices, as NumPy's matmul does, and undo it after.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        grad_a = grad_b = None
+        if need_a:
+            grad_a = g2 @ xp.swapaxes(b2, -1, -2)
+            if a.ndim == 1:
+                grad_a = grad_a[..., 0, :]
+        if need_b:
+            grad_b = xp.swapaxes(a2, -1, -2) @ g2
+            if b.ndim == 1:
+                grad_b = grad_b[..., 0]
+        return grad_a, grad_b
+
+
+# ---------------------------------------------------------------------- unary
+
+
+class Neg(Function):
+    """y = -x;  VJP: -g."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class Exp(Function):
+    """y = exp(x);  VJP: g · y."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = ctx.xp.exp(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y
+
+
+class Log(Function):
+    """y = log(x);  VJP: g / x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ctx.xp.log(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g / x
+
+
+class Tanh(Function):
+    """y = tanh(x);  VJP: g · (1 - y²)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = ctx.xp.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + exp(-x));  VJP: g · y · (1 - y).
+
+    A primitive rather than a composition for speed (one node instead of four) and
+    stability: computed as (1 + tanh(x / 2)) / 2, which never overflows.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        y = ctx.xp.tanh(x * 0.5)
+        y += 1
+        y *= 0.5
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y * (1 - y)
+
+
+class Relu(Function):
+    """y = max(x, 0);  VJP: g · [x > 0]."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = ctx.xp.maximum(x, 0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (y > 0)
+
+
+class Sqrt(Function):
+    """y = √x;  VJP: g / (2y)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = ctx.xp.sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g / (2 * y)
+
+
+class Abs(Function):
+    """y = |x|;  VJP: g · sign(x)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ctx.xp.abs(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * ctx.xp.sign(x)
+
+
+class Clip(Function):
+    """y = min(max(x, lo), hi);  VJP: g · [lo ≤ x ≤ hi]."""
+
+    @staticmethod
+    def forward(ctx, x, lo=None, hi=None):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return ctx.xp.clip(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        inside = ctx.xp.ones(x.shape, dtype=bool)
+        if ctx.lo is not None:
+            inside &= x >= ctx.lo
+        if ctx.hi is not None:
+            inside &= x <= ctx.hi
+        return g * inside
+
+
+class Cast(Function):
+    """y = x as another dtype;  VJP: g (the engine casts it back to x's dtype)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class ToDevice(Function):
+    """y = x copied to another device;  VJP: g copied back."""
+
+    @staticmethod
+    def forward(ctx, x, device):
+        ctx.source_device = ctx.device
+        ctx.output_device = device
+        return backend.to_device(x, ctx.device, device)
+
+    @staticmethod
+    def backward(ctx, g):
+        return backend.to_device(g, ctx.output_device, ctx.source_device)
+
+
+# ----------------------------------------------------------------- reductions
+
+
+class Sum(Function):
+    """y = Σ_axis x;  VJP: g broadcast back along the summed axes."""
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.input_shape, ctx.axis, ctx.keepdims = x.shape, axis, keepdims
+        return x.sum(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.xp.broadcast_to(_keep_reduced_dims(g, ctx.axis, ctx.keepdims, ctx.xp), ctx.input_shape)
+
+
+class Max(Function):
+    """y = max_axis x;  VJP: g to the maximal entries, split evenly among ties."""
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        y = x.max(axis=axis, keepdims=True)
+        ctx.save_for_backward(x, y)
+        ctx.axis, ctx.keepdims = axis, keepdims
+        return y if keepdims else _drop_reduced_dims(y, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        g = _keep_reduced_dims(g, ctx.axis, ctx.keepdims, ctx.xp)
+        is_max = (x == y).astype(g.dtype)
+        ties = is_max.sum(axis=ctx.axis, keepdims=True)
+        return is_max * (g / ties)
+
+
+def _keep_reduced_dims(g, axis, keepdims, xp):
+    """Re-insert the size-1 axes a reduction without keepdims removed."""
+    if keepdims or axis is None:  # a 0-d gradient already broadcasts against x
+        return g
+    return xp.expand_dims(g, axis)
+
+
+def _drop_reduced_dims(y, axis):
+    if axis is None:
+        return y.reshape(())
+    return y.squeeze(axis)
+
+
+# ---------------------------------------------------------------------- shape
+
+
+class Reshape(Function):
+    """y = x with a new shape;  VJP: g reshaped to x's shape."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.input_shape = x.shape
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.input_shape)
+
+
+class Transpose(Function):
+    """y = x with axes permuted;  VJP: g permuted back by the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, x, axes):
+        ctx.inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
+        return x.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(ctx.inverse)
+
+
+class Expand(Function):
+    """y = x broadcast to a larger shape (a view);  VJP: g (the engine sums it back)."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        return ctx.xp.broadcast_to(x, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class GetItem(Function):
+    """y = x[index];  VJP: zeros like x with g added at index (repeats accumulate)."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.input_shape, ctx.dtype, ctx.index = x.shape, x.dtype, index
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        xp, index = ctx.xp, ctx.index
+        grad = xp.zeros(ctx.input_shape, dtype=g.dtype)
+        if _is_basic_index(index):
+            grad[index] = g  # basic indexing never repeats an element
+        else:
+            backend.scatter_add(xp, grad, index, g)
+        return grad
+
+
+def _is_basic_index(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(part is None or part is Ellipsis or isinstance(part, (int, slice)) for part in parts)
+
+
+class Cat(Function):
+    """y = concatenate(xs, axis);  VJP: g split into pieces of the inputs' sizes."""
+
+    @staticmethod
+    def forward(ctx, *xs, axis=0):
+        ctx.axis = axis
+        ctx.offsets = _offsets([x.shape[axis] for x in xs])
+        return ctx.xp.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(_slice_along(g, ctx.axis, start, stop) for start, stop in ctx.offsets)
+
+
+class Stack(Function):
+    """y = stack(xs, axis);  VJP: g unbound along the new axis."""
+
+    @staticmethod
+    def forward(ctx, *xs, axis=0):
+        ctx.axis, ctx.count = axis, len(xs)
+        return ctx.xp.stack(xs, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        lead = (slice(None),) * ctx.axis
+        return tuple(g[lead + (i,)] for i in range(ctx.count))
+
+
+class Split(Function):
+    """ys = pieces of x along axis (views);  VJP: concatenate(gs, axis), one copy."""
+
+    @staticmethod
+    def forward(ctx, x, sizes, axis=0):
+        ctx.axis = axis
+        return tuple(_slice_along(x, axis, start, stop) for start, stop in _offsets(sizes))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return ctx.xp.concatenate(grads, axis=ctx.axis)
+
+
+class Unbind(Function):
+    """ys = the slices of x along axis (views, axis removed);  VJP: stack(gs, axis)."""
+
+    @staticmethod
+    def forward(ctx, x, axis=0):
+        ctx.axis = axis
+        lead = (slice(None),) * axis
+        return tuple(x[lead + (i,)] for i in range(x.shape[axis]))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return ctx.xp.stack(grads, axis=ctx.axis)
+
+
+def _offsets(sizes):
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def _slice_along(array, axis, start, stop):
+    return array[(slice(None),) * axis + (slice(start, stop),)]

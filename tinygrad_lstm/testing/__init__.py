@@ -1,0 +1,13 @@
+"""Tools to verify gradients: ``gradcheck`` and (with hypothesis installed) ``strategies``."""
+
+from .gradcheck import GradcheckError, GradcheckReport, Mismatch, check_gradients, gradcheck
+
+__all__ = ["GradcheckError", "GradcheckReport", "Mismatch", "check_gradients", "gradcheck", "strategies"]
+
+
+def __getattr__(name: str):
+    if name == "strategies":  # imported on demand: it needs hypothesis (the test extra)
+        from . import strategies
+
+        return strategies
+    raise AttributeError(f"module 'tinygrad_lstm.testing' has no attribute {name!r}")
