@@ -6,8 +6,9 @@ x = tl.Tensor([1.0, 2.0], requires_grad=True)
 x.grad  # Tensor([2., 4.])
 """
 
+from .serialization import load, save  # noqa: E402
 from .tensor import *  # noqa: F403
 from .tensor import __all__ as _tensor_all
 
 __version__ = "0.1.0"
-__all__ = list(_tensor_all)
+__all__ = [*_tensor_all, "load", "save"]

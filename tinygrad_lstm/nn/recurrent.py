@@ -1,0 +1,422 @@
+"""Recurrent cells, and the one sequence runner that turns any cell into a layer.
+
+The cell protocol
+-----------------
+A cell is a Module (subclass ``RecurrentCell``) with ``input_size`` and ``hidden_size``
+and three methods:
+
+* ``initial_state(batch, dtype, device)`` -> the state for a batch: a Tensor, or a tuple
+  of Tensors, each shaped (batch, hidden_size) — zeros for the built-in cells;
+* ``step(x_t, state)`` -> the next state, for one time step's input x_t;
+* ``output(state)`` -> this step's output h_t, shaped (batch, hidden_size).
+
+Optionally ``project_input(x)``: the part of a step that depends on the input only,
+applied by the runner to all time steps at once (one big matmul instead of T small
+ones); ``step`` then receives the projected x_t. The default is the identity.
+
+``Recurrent(make_cell, input_size, hidden_size, ...)`` runs such cells over time and
+gives any of them multi-layer stacking, bidirectionality, ``batch_first``, variable
+lengths and an initial state. ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` are exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ..tensor import Tensor, arange, float32, stack, where, zeros
+from ..tensor import cat as concatenate
+from . import functional as F
+from .layers import uniform_parameter
+from .module import Module
+
+State = Any  # a Tensor or a tuple of Tensors, each (batch, hidden_size)
+
+
+class RecurrentCell(Module):
+    """Base class for cells following the cell protocol (see the module docstring)."""
+
+    input_size: int
+    hidden_size: int
+
+    def project_input(self, x: Tensor) -> Tensor:
+        """The input-only part of a step, for inputs of any leading shape. Default: x."""
+        return x
+
+    def step(self, x_t: Tensor, state: State) -> State:
+        raise NotImplementedError(f"{type(self).__name__} must define step(x_t, state)")
+
+    def output(self, state: State) -> Tensor:
+        """The step's output; by default the state itself (or its first part)."""
+        return state[0] if isinstance(state, tuple) else state
+
+    def initial_state(self, batch: int, dtype: Any = float32, device: str | None = None) -> State:
+        """Zeros of shape (batch, hidden_size)."""
+        return zeros(batch, self.hidden_size, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor, state: State = None) -> State:
+        """One step on x of shape (batch, input_size); the state defaults to the initial one."""
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"{type(self).__name__} expects x of shape (batch, {self.input_size}), got {x.shape}")
+        if state is None:
+            state = self.initial_state(x.shape[0], dtype=x.dtype, device=x.device)
+        return self.step(self.project_input(x), state)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+class _GatedCell(RecurrentCell):
+    """Shared parameter layout: W_ih (G·H, in), W_hh (G·H, H), b_ih, b_hh, U(±1/√H)."""
+
+    gates = 1
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = float32, device: str | None = None
+    ):
+        super().__init__()
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        bound = 1.0 / math.sqrt(hidden_size)
+        rows = self.gates * hidden_size
+        self.weight_ih = uniform_parameter((rows, input_size), bound, dtype, device)
+        self.weight_hh = uniform_parameter((rows, hidden_size), bound, dtype, device)
+        if bias:
+            self.bias_ih = uniform_parameter((rows,), bound, dtype, device)
+            self.bias_hh = uniform_parameter((rows,), bound, dtype, device)
+
+    def _input_matmul(self, x: Tensor) -> Tensor:
+        """x @ W_ihᵀ for x of any leading shape, as one 2-D matmul."""
+        flat = x.reshape(-1, self.input_size) @ self.weight_ih.T
+        return flat.reshape(*x.shape[:-1], self.gates * self.hidden_size)
+
+
+class RNNCell(_GatedCell):
+    """h' = nonlinearity(W_ih x + b_ih + W_hh h + b_hh), nonlinearity "tanh" or "relu"."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh", **kwargs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bias, **kwargs)
+        self.nonlinearity = nonlinearity
+
+    def project_input(self, x: Tensor) -> Tensor:
+        projected = self._input_matmul(x)
+        return projected + (self.bias_ih + self.bias_hh) if self.bias else projected
+
+    def step(self, x_t: Tensor, h: Tensor) -> Tensor:
+        pre_activation = x_t + h @ self.weight_hh.T
+        return pre_activation.tanh() if self.nonlinearity == "tanh" else pre_activation.relu()
+
+
+class LSTMCell(_GatedCell):
+    """The LSTM step, gate order (input, forget, cell, output) as in PyTorch::
+
+        i, f, g, o = σ(·), σ(·), tanh(·), σ(·)  of  W_ih x + b_ih + W_hh h + b_hh
+        c' = f ⊙ c + i ⊙ g
+        h' = o ⊙ tanh(c')
+
+    The state is the pair (h, c); calling the cell returns (h', c').
+    """
+
+    gates = 4
+
+    def project_input(self, x: Tensor) -> Tensor:
+        projected = self._input_matmul(x)
+        return projected + (self.bias_ih + self.bias_hh) if self.bias else projected
+
+    def initial_state(self, batch: int, dtype: Any = float32, device: str | None = None) -> State:
+        return (
+            zeros(batch, self.hidden_size, dtype=dtype, device=device),
+            zeros(batch, self.hidden_size, dtype=dtype, device=device),
+        )
+
+    def step(self, x_t: Tensor, state: State) -> State:
+        h, c = state
+        gates = x_t + h @ self.weight_hh.T
+        i, f, g, o = gates.chunk(4, axis=1)
+        input_gate, forget_gate, candidate, output_gate = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        c = forget_gate * c + input_gate * candidate
+        h = output_gate * c.tanh()
+        return h, c
+
+
+class GRUCell(_GatedCell):
+    """The GRU step, gate order (reset, update, new) as in PyTorch::
+
+    r = σ(W_ir x + b_ir + W_hr h + b_hr)
+    z = σ(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
+    h' = (1 - z) ⊙ n + z ⊙ h
+    """
+
+    gates = 3
+
+    def project_input(self, x: Tensor) -> Tensor:
+        projected = self._input_matmul(x)
+        return projected + self.bias_ih if self.bias else projected
+
+    def step(self, x_t: Tensor, h: Tensor) -> Tensor:
+        hidden = h @ self.weight_hh.T
+        if self.bias:
+            hidden = hidden + self.bias_hh
+        x_r, x_z, x_n = x_t.chunk(3, axis=1)
+        h_r, h_z, h_n = hidden.chunk(3, axis=1)
+        reset = (x_r + h_r).sigmoid()
+        update = (x_z + h_z).sigmoid()
+        new = (x_n + reset * h_n).tanh()
+        return new + update * (h - new)  # = (1 - z) n + z h, with one multiply fewer
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def _map_state(function: Callable, state: State) -> State:
+    return tuple(function(part) for part in state) if isinstance(state, tuple) else function(state)
+
+
+def _zip_state(function: Callable, first: State, second: State) -> State:
+    if isinstance(first, tuple):
+        return tuple(function(a, b) for a, b in zip(first, second))
+    return function(first, second)
+
+
+def detach_state(state: State) -> State:
+    """The state cut from the graph: carry it into the next chunk for truncated BPTT."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(part) for part in state)
+    return state.detach()
+
+
+def run_cell(
+    cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None = None, reverse: bool = False
+) -> tuple[Tensor, State]:
+    """Run one cell over x of shape (T, batch, input) from ``state``.
+
+    The input-only work is done for all steps at once and taken apart by time with one
+    ``unbind`` node, whose VJP is a single stack (BPTT stays linear in T). With a
+    ``mask`` (T, batch, 1) of booleans, a sequence's state is carried unchanged past its
+    end and its outputs there are zero. Returns the outputs (T, batch, hidden) and the
+    final state.
+    """
+    steps = cell.project_input(x).unbind(0)
+    masks = mask.unbind(0) if mask is not None else None
+    keeps = mask.astype(x.dtype).unbind(0) if mask is not None else None  # 1.0 while alive
+    outputs: list[Tensor | None] = [None] * len(steps)
+    for t in range(len(steps) - 1, -1, -1) if reverse else range(len(steps)):
+        new_state = cell.step(steps[t], state)
+        if masks is None:
+            state = new_state
+            outputs[t] = cell.output(state)
+        else:
+            alive = masks[t]
+            state = _zip_state(lambda new, old, alive=alive: where(alive, new, old), new_state, state)
+            outputs[t] = cell.output(state) * keeps[t]
+    return stack(outputs, 0), state
+
+
+class Recurrent(Module):
+    """Any cell, run over sequences: stacked layers, both directions, variable lengths.
+
+    ``Recurrent(make_cell, input_size, hidden_size, num_layers=1, bidirectional=False,
+    batch_first=False, dropout=0.0)``: ``make_cell(in_size, hidden_size)`` builds one
+    cell following the cell protocol. Each cell's parameters are registered on this
+    layer as ``{name}_l{k}`` (and ``{name}_l{k}_reverse``), PyTorch's naming.
+
+    ``layer(x, state=None, lengths=None)``: x is (T, batch, input) — (batch, T, input)
+    with ``batch_first`` — and ``state`` the initial state with a leading
+    num_layers·num_directions axis (zeros if None). Returns ``(output, final_state)``:
+    output (T, batch, num_directions·hidden) with the directions concatenated, and the
+    final state shaped like ``state``. ``lengths`` (one per sequence, 1..T) gives packed
+    sequence semantics: outputs past a sequence's end are zero and its final state is
+    the one at its last step (the reverse direction starts at that last step).
+    """
+
+    def __init__(
+        self,
+        make_cell: Callable[[int, int], RecurrentCell],
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bidirectional, self.batch_first, self.dropout = bidirectional, batch_first, dropout
+        directions = 2 if bidirectional else 1
+        cells = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * directions
+            for direction in range(directions):
+                cell = make_cell(layer_input, hidden_size)
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                for name, parameter in cell.named_parameters():
+                    setattr(self, name.replace(".", "_") + suffix, parameter)
+                cells.append(cell)
+        object.__setattr__(self, "cells", cells)  # not submodules: their weights are named above
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def train(self, mode: bool = True) -> Recurrent:
+        super().train(mode)
+        for cell in self.cells:
+            cell.train(mode)
+        return self
+
+    def forward(self, x: Tensor, state: State = None, lengths: Any = None) -> tuple[Tensor, State]:
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            layout = "(batch, seq, input)" if self.batch_first else "(seq, batch, input)"
+            raise ValueError(
+                f"{type(self).__name__} expects x shaped {layout} with input={self.input_size}, got {x.shape}"
+            )
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        steps, batch = x.shape[0], x.shape[1]
+        mask = self._mask(lengths, steps, batch, x.device)
+        initial = self._initial_states(state, batch, x)
+        finals = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                output, final = run_cell(self.cells[index], layer_input, initial[index], mask, reverse=direction == 1)
+                outputs.append(output)
+                finals.append(final)
+            layer_input = outputs[0] if len(outputs) == 1 else concatenate(outputs, axis=2)
+        output = layer_input.transpose(1, 0, 2) if self.batch_first else layer_input
+        if isinstance(finals[0], tuple):
+            final_state = tuple(stack([final[k] for final in finals], 0) for k in range(len(finals[0])))
+        else:
+            final_state = stack(finals, 0)
+        return output, final_state
+
+    def _mask(self, lengths: Any, steps: int, batch: int, device: str) -> Tensor | None:
+        if lengths is None:
+            return None
+        lengths = lengths if isinstance(lengths, Tensor) else Tensor(lengths, device=device)
+        lengths = lengths.to(device)
+        if lengths.dtype.kind not in "iu" or lengths.shape != (batch,):
+            raise ValueError(
+                f"lengths must be {batch} integers (one per sequence), got {lengths.dtype} of shape {lengths.shape}"
+            )
+        values = lengths.tolist()
+        bad = [length for length in values if not 1 <= length <= steps]
+        if bad:
+            raise ValueError(f"every length must be between 1 and the sequence length {steps}, got {bad[0]}")
+        time = arange(steps, device=device).reshape(steps, 1, 1)
+        return time < lengths.reshape(1, batch, 1)
+
+    def _initial_states(self, state: State, batch: int, x: Tensor) -> list[State]:
+        count = self.num_layers * self.num_directions
+        if state is None:
+            return [cell.initial_state(batch, dtype=x.dtype, device=x.device) for cell in self.cells]
+        expected = (count, batch, self.hidden_size)
+        parts = state if isinstance(state, tuple) else (state,)
+        template = self.cells[0].initial_state(batch, dtype=x.dtype, device=x.device)
+        template_parts = template if isinstance(template, tuple) else (template,)
+        if len(parts) != len(template_parts):
+            raise ValueError(
+                f"{type(self).__name__} expects a state of {len(template_parts)} tensor(s), got {len(parts)}"
+            )
+        for part in parts:
+            if not isinstance(part, Tensor) or part.shape != expected:
+                shape = part.shape if isinstance(part, Tensor) else type(part).__name__
+                raise ValueError(
+                    f"{type(self).__name__}: initial state must be shaped {expected} "
+                    f"(layers·directions, batch, hidden), got {shape}"
+                )
+        per_part = [part.unbind(0) for part in parts]
+        if isinstance(state, tuple):
+            return [tuple(pieces[i] for pieces in per_part) for i in range(count)]
+        return list(per_part[0])
+
+    def extra_repr(self) -> str:
+        extras = [f"{self.input_size}, {self.hidden_size}"]
+        if self.num_layers != 1:
+            extras.append(f"num_layers={self.num_layers}")
+        if self.bidirectional:
+            extras.append("bidirectional=True")
+        if self.batch_first:
+            extras.append("batch_first=True")
+        if self.dropout:
+            extras.append(f"dropout={self.dropout}")
+        return ", ".join(extras)
+
+
+class RNN(Recurrent):
+    """Elman RNN layer: ``RNNCell`` run by ``Recurrent``; returns (output, h_n)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = float32,
+        device: str | None = None,
+    ):
+        def make_cell(cell_input: int, cell_hidden: int) -> RNNCell:
+            return RNNCell(cell_input, cell_hidden, bias, nonlinearity, dtype=dtype, device=device)
+
+        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+        self.nonlinearity = nonlinearity
+
+
+class LSTM(Recurrent):
+    """LSTM layer: ``LSTMCell`` run by ``Recurrent``; returns (output, (h_n, c_n))."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = float32,
+        device: str | None = None,
+    ):
+        def make_cell(cell_input: int, cell_hidden: int) -> LSTMCell:
+            return LSTMCell(cell_input, cell_hidden, bias, dtype=dtype, device=device)
+
+        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+
+
+class GRU(Recurrent):
+    """GRU layer: ``GRUCell`` run by ``Recurrent``; returns (output, h_n)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = float32,
+        device: str | None = None,
+    ):
+        def make_cell(cell_input: int, cell_hidden: int) -> GRUCell:
+            return GRUCell(cell_input, cell_hidden, bias, dtype=dtype, device=device)
+
+        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
