@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..tensor import Tensor, float32, rand, randn
+from ..tensor import Tensor, float32, linear, rand, randn
 from . import functional as F
 from .module import Module, Parameter
 
@@ -33,12 +33,7 @@ class Linear(Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"Linear expects inputs of shape (..., {self.in_features}), got {x.shape}")
-        if x.ndim > 2:  # one 2-D matmul rather than a batched one
-            y = x.reshape(-1, self.in_features) @ self.weight.T
-            y = y.reshape(*x.shape[:-1], self.out_features)
-        else:
-            y = x @ self.weight.T
-        return y + self.bias if self.bias is not None else y
+        return linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..tensor import Tensor, arange, float32, stack, where, zeros
+from ..tensor import Tensor, arange, float32, linear, stack, where, zeros
 from ..tensor import cat as concatenate
 from . import functional as F
 from .layers import uniform_parameter
@@ -86,9 +86,8 @@ class _GatedCell(RecurrentCell):
             self.bias_hh = uniform_parameter((rows,), bound, dtype, device)
 
     def _input_matmul(self, x: Tensor) -> Tensor:
-        """x @ W_ihᵀ for x of any leading shape, as one 2-D matmul."""
-        flat = x.reshape(-1, self.input_size) @ self.weight_ih.T
-        return flat.reshape(*x.shape[:-1], self.gates * self.hidden_size)
+        """x @ W_ihᵀ for x of any leading shape (all time steps at once)."""
+        return linear(x, self.weight_ih)
 
 
 class RNNCell(_GatedCell):
@@ -105,7 +104,7 @@ class RNNCell(_GatedCell):
         return projected + (self.bias_ih + self.bias_hh) if self.bias else projected
 
     def step(self, x_t: Tensor, h: Tensor) -> Tensor:
-        pre_activation = x_t + h @ self.weight_hh.T
+        pre_activation = x_t + linear(h, self.weight_hh)
         return pre_activation.tanh() if self.nonlinearity == "tanh" else pre_activation.relu()
 
 
@@ -133,7 +132,7 @@ class LSTMCell(_GatedCell):
 
     def step(self, x_t: Tensor, state: State) -> State:
         h, c = state
-        gates = x_t + h @ self.weight_hh.T
+        gates = x_t + linear(h, self.weight_hh)
         i, f, g, o = gates.chunk(4, axis=1)
         input_gate, forget_gate, candidate, output_gate = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
         c = forget_gate * c + input_gate * candidate
@@ -157,9 +156,7 @@ class GRUCell(_GatedCell):
         return projected + self.bias_ih if self.bias else projected
 
     def step(self, x_t: Tensor, h: Tensor) -> Tensor:
-        hidden = h @ self.weight_hh.T
-        if self.bias:
-            hidden = hidden + self.bias_hh
+        hidden = linear(h, self.weight_hh, self.bias_hh if self.bias else None)
         x_r, x_z, x_n = x_t.chunk(3, axis=1)
         h_r, h_z, h_n = hidden.chunk(3, axis=1)
         reset = (x_r + h_r).sigmoid()

@@ -13,7 +13,7 @@ from .backend import DeviceError, get_array_module, register_device, set_default
 from .backend import default_device as get_default_device
 from .creation import arange, full, manual_seed, ones, ones_like, rand, randn, zeros, zeros_like
 from .function import Context, Function, is_grad_enabled, no_grad, set_grad_enabled
-from .tensor import Tensor, as_dtype, bool_, cat, float32, float64, int64, matmul, maximum, stack, where
+from .tensor import Tensor, as_dtype, bool_, cat, float32, float64, int64, linear, matmul, maximum, stack, where
 
 
 def _method(name: str):
@@ -69,6 +69,7 @@ __all__ = [
     "grad",
     "int64",
     "is_grad_enabled",
+    "linear",
     "log",
     "logsumexp",
     "manual_seed",

@@ -96,6 +96,7 @@ def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
         node.grads[index] = grad
     elif node.owned[index]:
         current += grad  # a buffer this pass allocated: add in place
+        node.grads[index] = current  # (a NumPy scalar, from 0-d math, is rebound instead)
     else:
         node.grads[index] = current + grad
         node.owned[index] = True
@@ -155,19 +156,24 @@ def run_backward(
         if root_nodes:
             _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results)
 
-    for leaf, grad, _owned in leaf_grads.values():
+    for leaf, grad, owned in leaf_grads.values():
         if capture is not None:
             position = captured_leaves.get(id(leaf))
             if position is not None:
                 results[position] = grad
         else:
-            _add_to_dot_grad(leaf, grad)
+            _add_to_dot_grad(leaf, grad, owned)
     return results if capture is not None else None
 
 
-def _add_to_dot_grad(tensor: Tensor, grad: Any) -> None:
+def _add_to_dot_grad(tensor: Tensor, grad: Any, owned: bool = False) -> None:
+    device = backend.get_device(tensor.device)
+    if not isinstance(grad, device.array_type):
+        grad, owned = device.xp.asarray(grad), True  # 0-d math in NumPy yields scalars
     if tensor.grad is None:
-        tensor.grad = Tensor._make(grad, tensor.device)
+        # .grad gets an array of its own: a VJP may hand one array (even a read-only
+        # broadcast view, or the caller's seed) to several inputs, and users update .grad in place.
+        tensor.grad = Tensor._make(grad if owned else grad.copy(), tensor.device)
     else:
         tensor.grad = Tensor._make(tensor.grad.data + grad, tensor.device)
 
@@ -183,40 +189,43 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                 position = captured_outputs.get((id(node), index))
                 if position is not None:
                     results[position] = grad
-        if node.retained and not captured_outputs:
+        if node.retained is not None and not captured_outputs:
             _fill_retained(node)
         edges = node.edges
-        if any(grad is not None for grad in output_grads):
-            input_grads = node.function.backward(node, *_materialize(node))
-            if not isinstance(input_grads, tuple):
+        if node.multi_output:
+            has_grad = any(grad is not None for grad in output_grads)
+        else:
+            has_grad = output_grads[0] is not None
+        input_grads = None
+        if has_grad:
+            input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
+            if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
             if len(input_grads) != len(edges):
                 raise RuntimeError(
                     f"{node.name}.backward returned {len(input_grads)} gradients for "
                     f"{len(edges)} inputs; return one per forward input (None for no gradient)"
                 )
-        else:
-            input_grads = (None,) * len(edges)
-        for edge, grad in zip(edges, input_grads):
+        for position, edge in enumerate(edges):
             if edge is None:
                 continue
-            if grad is not None:
-                if isinstance(edge, Tensor):
-                    target_shape, target_dtype = edge.data.shape, edge.data.dtype
-                else:
-                    parent, index = edge
-                    target_shape, target_dtype = parent.output_meta[index]
-                grad = _fit_gradient(grad, target_shape, target_dtype, node)
-            if isinstance(edge, Tensor):
+            grad = None if input_grads is None else input_grads[position]
+            if type(edge) is tuple:  # a non-leaf: its creator node and output index
+                parent, index = edge
                 if grad is not None:
-                    deliver_to_leaf(edge, grad)
-                continue
-            parent, index = edge
-            if grad is not None:
-                _accumulate_into_node(parent, index, grad)
-            consumers[parent] -= 1
-            if consumers[parent] == 0:
-                ready.append(parent)
+                    shape, dtype = parent.output_meta[index]
+                    if grad.shape != shape or grad.dtype != dtype:
+                        grad = _fit_gradient(grad, shape, dtype, node)
+                    _accumulate_into_node(parent, index, grad)
+                remaining = consumers[parent] - 1
+                consumers[parent] = remaining
+                if remaining == 0:
+                    ready.append(parent)
+            elif grad is not None:  # a leaf tensor
+                data = edge.data
+                if grad.shape != data.shape or grad.dtype != data.dtype:
+                    grad = _fit_gradient(grad, data.shape, data.dtype, node)
+                deliver_to_leaf(edge, grad)
         if retain_graph:
             node.grads = [None] * len(output_grads)
             node.owned = [False] * len(output_grads)
@@ -254,7 +263,7 @@ def _fill_retained(node: Context) -> None:
         tensor = reference()
         grad = node.grads[index]
         if tensor is not None and grad is not None:
-            _add_to_dot_grad(tensor, grad.copy())
+            _add_to_dot_grad(tensor, grad)
 
 
 def backward(tensors: Sequence[Tensor], grads: Sequence[Any] | None = None, retain_graph: bool = False) -> None:
@@ -283,7 +292,7 @@ def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: bool
     arrays = run_backward(outputs, list(grad_outputs), retain_graph=retain_graph, capture=inputs)
     result = []
     for tensor, array in zip(inputs, arrays):
-        if array is None:
-            array = backend.get_array_module(tensor.device).zeros(tensor.data.shape, dtype=tensor.dtype)
+        xp = backend.get_array_module(tensor.device)
+        array = xp.zeros(tensor.data.shape, dtype=tensor.dtype) if array is None else xp.asarray(array)
         result.append(Tensor._make(array, tensor.device))
     return tuple(result)

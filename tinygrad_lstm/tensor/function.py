@@ -84,11 +84,13 @@ class Context:
         "owned",
         "output_meta",
         "multi_output",
-        "retained",
-        "source",
-        "freed",
         "__dict__",
     )
+
+    # Rarely set, so kept out of the slots: an instance sets them in its __dict__.
+    retained = None  # output index -> weakref of a tensor that called retain_grad()
+    source = None  # where user code created this node (recorded while localizing)
+    freed = False  # True once backward released what this node saved
 
     def __init__(self, function, xp, device):
         self.function = function
@@ -96,9 +98,6 @@ class Context:
         self.device = device
         self.output_device = device
         self.saved_tensors = ()
-        self.retained = None
-        self.source = None
-        self.freed = False
 
     def save_for_backward(self, *arrays: Any) -> None:
         """Keep ``arrays`` until the backward pass has used them."""
@@ -115,11 +114,13 @@ class Context:
         self.grads = None
         self.owned = None
         self.__dict__.clear()
-        self.freed = True
+        self.freed = True  # after the clear: it lives in __dict__
 
     def __repr__(self) -> str:
         return f"<{self.name} node>"
 
+
+_known_devices = backend._devices  # name -> device, read directly on the hot path
 
 # When set (by testing.localize), each recorded node remembers where user code made it.
 record_source = None
@@ -151,49 +152,67 @@ class Function:
                         f"{cls.__name__}: inputs are on different devices, {device!r} and "
                         f"{arg.device!r}; move them to one device with .to(device)"
                     )
-                requires_grad = requires_grad or arg.requires_grad
+                if arg.requires_grad:
+                    requires_grad = True
                 arrays.append(arg.data)
             else:
                 arrays.append(arg)
-        if device is None:
-            device = backend.default_device()
-        ctx = Context(cls, backend.get_array_module(device), device)
+        target = _known_devices.get(device) or backend.get_device(device or backend.default_device())
+        ctx = Context(cls, target.xp, target.name)
         output = cls.forward(ctx, *arrays, **kwargs)
-        record = requires_grad and _grad_mode.enabled
-        if record:
-            ctx.needs_input_grad = tuple(isinstance(arg, Tensor) and arg.requires_grad for arg in args)
-            ctx.edges = tuple(_edge_to(arg) for arg in args)
-            if record_source is not None:
-                ctx.source = record_source()
-        if isinstance(output, tuple):
-            outputs = tuple(_wrap(ctx, out, record, i) for i, out in enumerate(output))
-            if record:
-                ctx.grads = [None] * len(outputs)
-                ctx.owned = [False] * len(outputs)
-                ctx.output_meta = tuple((out.data.shape, out.data.dtype) for out in outputs)
-                ctx.multi_output = True
+        if not (requires_grad and _grad_mode.enabled):
+            if type(output) is tuple:
+                return tuple(_wrap(ctx, out, target) for out in output)
+            return _wrap(ctx, output, target)
+        ctx.needs_input_grad, ctx.edges = _edges(args)
+        if record_source is not None:
+            ctx.source = record_source()
+        if type(output) is tuple:
+            outputs = tuple(_wrap(ctx, out, target, ctx, i) for i, out in enumerate(output))
+            ctx.grads = [None] * len(outputs)
+            ctx.owned = [False] * len(outputs)
+            ctx.output_meta = tuple((out.data.shape, out.data.dtype) for out in outputs)
+            ctx.multi_output = True
             return outputs
-        result = _wrap(ctx, output, record, 0)
-        if record:
-            ctx.grads = [None]
-            ctx.owned = [False]
-            ctx.output_meta = ((result.data.shape, result.data.dtype),)
-            ctx.multi_output = False
+        result = _wrap(ctx, output, target, ctx)
+        ctx.grads = [None]
+        ctx.owned = [False]
+        ctx.output_meta = ((result.data.shape, result.data.dtype),)
+        ctx.multi_output = False
         return result
 
 
-def _edge_to(arg: Any) -> Any:
-    """Where the gradient for ``arg`` goes: the leaf itself, its creator node, or None."""
-    if not isinstance(arg, Tensor) or not arg.requires_grad:
-        return None
-    node = arg._node
-    if node is None:
-        return arg
-    return (node, arg._output_index)
+def _edges(args: tuple) -> tuple[tuple[bool, ...], tuple[Any, ...]]:
+    """Per input: does it want a gradient, and where does that gradient go.
+
+    The destination is the leaf Tensor itself, its creator ``(node, output_index)``,
+    or None (not a Tensor, or no gradient wanted).
+    """
+    needs, edges = [], []
+    for arg in args:
+        if isinstance(arg, Tensor) and arg.requires_grad:
+            needs.append(True)
+            node = arg._node
+            edges.append(arg if node is None else (node, arg._output_index))
+        else:
+            needs.append(False)
+            edges.append(None)
+    return tuple(needs), tuple(edges)
 
 
-def _wrap(ctx: Context, array: Any, record: bool, index: int) -> Tensor:
-    xp = ctx.xp
-    if not isinstance(array, xp.ndarray):
-        array = xp.asarray(array)  # NumPy reductions return scalars, not 0-d arrays
-    return Tensor._make(array, ctx.output_device, record, ctx if record else None, index)
+def _wrap(ctx: Context, array: Any, target: Any, node: Context | None = None, index: int = 0) -> Tensor:
+    if ctx.output_device != target.name:  # an op that moves data (ToDevice)
+        target = backend.get_device(ctx.output_device)
+    if not isinstance(array, target.array_type):
+        array = target.xp.asarray(array)  # NumPy reductions return scalars, not 0-d arrays
+    tensor = _new_tensor(Tensor)  # Tensor._make, inlined: this is the hottest path
+    tensor.data = array
+    tensor.device = target.name
+    tensor.requires_grad = node is not None
+    tensor.grad = None
+    tensor._node = node
+    tensor._output_index = index
+    return tensor
+
+
+_new_tensor = object.__new__

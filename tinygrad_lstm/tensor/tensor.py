@@ -135,6 +135,9 @@ class Tensor:
 
     @property
     def T(self) -> Tensor:
+        """The transpose (axes reversed)."""
+        if self.data.ndim == 2:  # the common case, without transpose()'s checks
+            return _ops.Transpose.apply(self, axes=(1, 0))
         return self.transpose()
 
     def __len__(self) -> int:
@@ -260,51 +263,48 @@ class Tensor:
         """Python scalars stay as they are (they never change dtype); the rest → Tensor."""
         if isinstance(other, Tensor):
             return other
+        if isinstance(other, np.generic):
+            other = other.item()  # np.float64 subclasses float: it must act like one, not promote
         if isinstance(other, _PYTHON_SCALARS):
             return other
         if isinstance(other, numbers.Number) and not isinstance(other, np.generic):
             return other
         return Tensor(other, device=backend.device_of_array(other) or self.device)
 
-    def _binary(self, function, left: Any, right: Any) -> Tensor:
-        try:
-            return function.apply(left, right)
-        except ValueError as error:
-            left_shape = getattr(left, "shape", ())
-            right_shape = getattr(right, "shape", ())
-            raise ValueError(
-                f"{function.__name__}: shapes {tuple(left_shape)} and {tuple(right_shape)} do not broadcast ({error})"
-            ) from None
+    def _binary(self, function, other: Any, reflected: bool = False) -> Tensor:
+        if not isinstance(other, Tensor):
+            other = self._operand(other)
+        return _apply_binary(function, other, self) if reflected else _apply_binary(function, self, other)
 
     def __add__(self, other):
-        return self._binary(_ops.Add, self, self._operand(other))
+        return self._binary(_ops.Add, other)
 
     def __radd__(self, other):
-        return self._binary(_ops.Add, self._operand(other), self)
+        return self._binary(_ops.Add, other, reflected=True)
 
     def __sub__(self, other):
-        return self._binary(_ops.Sub, self, self._operand(other))
+        return self._binary(_ops.Sub, other)
 
     def __rsub__(self, other):
-        return self._binary(_ops.Sub, self._operand(other), self)
+        return self._binary(_ops.Sub, other, reflected=True)
 
     def __mul__(self, other):
-        return self._binary(_ops.Mul, self, self._operand(other))
+        return self._binary(_ops.Mul, other)
 
     def __rmul__(self, other):
-        return self._binary(_ops.Mul, self._operand(other), self)
+        return self._binary(_ops.Mul, other, reflected=True)
 
     def __truediv__(self, other):
-        return self._binary(_ops.Div, self, self._operand(other))
+        return self._binary(_ops.Div, other)
 
     def __rtruediv__(self, other):
-        return self._binary(_ops.Div, self._operand(other), self)
+        return self._binary(_ops.Div, other, reflected=True)
 
     def __pow__(self, other):
-        return self._binary(_ops.Pow, self, self._operand(other))
+        return self._binary(_ops.Pow, other)
 
     def __rpow__(self, other):
-        return self._binary(_ops.Pow, self._operand(other), self)
+        return self._binary(_ops.Pow, other, reflected=True)
 
     def __matmul__(self, other):
         return matmul(self, self._operand(other))
@@ -421,9 +421,10 @@ class Tensor:
         axes = _shape_arg(axes)
         if not axes:
             axes = tuple(reversed(range(self.ndim)))
-        if len(axes) != self.ndim or sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+        permutation = tuple(a + self.ndim if a < 0 else a for a in axes)
+        if sorted(permutation) != list(range(self.ndim)):
             raise ValueError(f"transpose axes {axes} are not a permutation for a {self.ndim}-d tensor")
-        return _ops.Transpose.apply(self, axes=tuple(a % max(self.ndim, 1) for a in axes))
+        return _ops.Transpose.apply(self, axes=permutation)
 
     def swapaxes(self, axis1: int, axis2: int):
         axes = list(range(self.ndim))
@@ -437,9 +438,11 @@ class Tensor:
             raise ValueError(f"expand: cannot expand shape {self.shape} to fewer dims {shape}")
         full = tuple(self.shape[i - offset] if (size == -1 and i >= offset) else size for i, size in enumerate(shape))
         try:
-            np.broadcast_shapes(self.shape, full)
+            broadcastable = np.broadcast_shapes(self.shape, full) == full
         except ValueError:
-            raise ValueError(f"expand: shape {self.shape} cannot expand to {shape}") from None
+            broadcastable = False
+        if not broadcastable:
+            raise ValueError(f"expand: shape {self.shape} cannot expand to {shape}")
         if full == self.shape:
             return self
         return _ops.Expand.apply(self, shape=full)
@@ -559,9 +562,21 @@ def _index_arg(index: Any, tensor: Tensor) -> Any:
 
 
 def _as_tensor(value: Any, like_device: str | None = None) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()  # a NumPy scalar acts as the Python scalar it holds
     if isinstance(value, Tensor) or isinstance(value, _PYTHON_SCALARS):
         return value
     return Tensor(value, device=backend.device_of_array(value) or like_device)
+
+
+def _apply_binary(function, left: Any, right: Any) -> Tensor:
+    """Apply an elementwise binary op; a broadcasting failure names both shapes."""
+    try:
+        return function.apply(left, right)
+    except ValueError as error:
+        left_shape = tuple(getattr(left, "shape", ()))
+        right_shape = tuple(getattr(right, "shape", ()))
+        raise ValueError(f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})") from None
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -583,13 +598,23 @@ def matmul(a: Any, b: Any) -> Tensor:
         raise ValueError(f"matmul: batch dims of shapes {a.shape} and {b.shape} do not broadcast") from None
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weightᵀ (+ bias) for x (..., in) and weight (out, in), as PyTorch's F.linear."""
+    if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: x of shape {x.shape} and weight of shape {weight.shape} do not fit; "
+            "weight must be (out_features, in_features) with in_features = x.shape[-1]"
+        )
+    y = _ops.Linear.apply(x, weight)
+    return y if bias is None else y + bias
+
+
 def maximum(a: Any, b: Any) -> Tensor:
     """Elementwise max; where a == b the gradient is split evenly between them."""
     a = _as_tensor(a)
     device = a.device if isinstance(a, Tensor) else None
     b = _as_tensor(b, device)
-    left = a if isinstance(a, Tensor) else b
-    return left._binary(_ops.Maximum, a, b)
+    return _apply_binary(_ops.Maximum, a, b)
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
