@@ -185,30 +185,39 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
+# Time steps whose input projection is computed together: one matmul per block. Blocks
+# bound the memory of projected inputs that are still waiting for their step.
+PROJECTION_BLOCK = 64
+
+
 def run_cell(
     cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None = None, reverse: bool = False
 ) -> tuple[Tensor, State]:
     """Run one cell over x of shape (T, batch, input) from ``state``.
 
-    The input-only work is done for all steps at once and taken apart by time with one
-    ``unbind`` node, whose VJP is a single stack (BPTT stays linear in T). With a
-    ``mask`` (T, batch, 1) of booleans, a sequence's state is carried unchanged past its
-    end and its outputs there are zero. Returns the outputs (T, batch, hidden) and the
-    final state.
+    The input-only work (``cell.project_input``) is done for ``PROJECTION_BLOCK`` steps
+    at a time and taken apart by time with one ``unbind`` node per block, whose VJP is
+    a single stack (so BPTT stays linear in T). With a ``mask`` (T, batch, 1) of
+    booleans, a sequence's state is carried unchanged past its end and its outputs
+    there are zero. Returns the outputs (T, batch, hidden) and the final state.
     """
-    steps = cell.project_input(x).unbind(0)
-    masks = mask.unbind(0) if mask is not None else None
-    keeps = mask.astype(x.dtype).unbind(0) if mask is not None else None  # 1.0 while alive
-    outputs: list[Tensor | None] = [None] * len(steps)
-    for t in range(len(steps) - 1, -1, -1) if reverse else range(len(steps)):
-        new_state = cell.step(steps[t], state)
-        if masks is None:
-            state = new_state
-            outputs[t] = cell.output(state)
-        else:
-            alive = masks[t]
-            state = _zip_state(lambda new, old, alive=alive: where(alive, new, old), new_state, state)
-            outputs[t] = cell.output(state) * keeps[t]
+    length = x.shape[0]
+    blocks = x.split(PROJECTION_BLOCK, axis=0) if length > PROJECTION_BLOCK else (x,)
+    alive = mask.unbind(0) if mask is not None else None
+    keep = mask.astype(x.dtype).unbind(0) if mask is not None else None  # 1.0 while alive
+    outputs: list[Tensor | None] = [None] * length
+    for block_index in range(len(blocks) - 1, -1, -1) if reverse else range(len(blocks)):
+        first = block_index * PROJECTION_BLOCK
+        steps = cell.project_input(blocks[block_index]).unbind(0)
+        for offset in range(len(steps) - 1, -1, -1) if reverse else range(len(steps)):
+            t = first + offset
+            new_state = cell.step(steps[offset], state)
+            if alive is None:
+                state = new_state
+                outputs[t] = cell.output(state)
+            else:
+                state = _zip_state(lambda new, old, a=alive[t]: where(a, new, old), new_state, state)
+                outputs[t] = cell.output(state) * keep[t]
     return stack(outputs, 0), state
 
 
