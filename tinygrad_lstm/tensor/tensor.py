@@ -514,10 +514,9 @@ def _normalize_axis(axis: Any, ndim: int) -> tuple[int, ...] | None:
     normalized = []
     for a in axes:
         a = int(a)
-        limit = max(ndim, 1)
-        if not -limit <= a < limit:
+        if not -ndim <= a < ndim:
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dims")
-        normalized.append(a % limit)
+        normalized.append(a % ndim)
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"repeated axis in {axis}")
     return tuple(sorted(normalized))
@@ -619,10 +618,16 @@ def maximum(a: Any, b: Any) -> Tensor:
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
     """``a`` where ``condition`` holds, else ``b`` (broadcast); no gradient to condition."""
-    cond = condition.data if isinstance(condition, Tensor) else condition
     a = _as_tensor(a)
     b = _as_tensor(b, a.device if isinstance(a, Tensor) else None)
-    return _ops.Where.apply(a, b, condition=cond)
+    device = a.device if isinstance(a, Tensor) else b.device if isinstance(b, Tensor) else None
+    if not isinstance(condition, Tensor):
+        condition = Tensor(condition, device=backend.device_of_array(condition) or device)
+    if device is not None and condition.device != device:
+        raise backend.DeviceError(f"where: the condition is on {condition.device!r} but the values on {device!r}")
+    if condition.dtype.kind != "b":
+        raise TypeError(f"where: the condition must be boolean, got {condition.dtype}")
+    return _ops.Where.apply(a, b, condition=condition.data)
 
 
 def _check_same_kind(tensors: Any, name: str) -> list[Tensor]:
