@@ -6,10 +6,11 @@ import math
 from collections.abc import Iterable
 
 from ..tensor import Tensor
+from .flow import gradient_flow
 from .module import Parameter
 from .recurrent import detach_state
 
-__all__ = ["clip_grad_norm_", "detach_state"]
+__all__ = ["clip_grad_norm_", "detach_state", "gradient_flow"]
 
 
 def clip_grad_norm_(parameters: Iterable[Parameter] | Parameter, max_norm: float, eps: float = 1e-6) -> float:

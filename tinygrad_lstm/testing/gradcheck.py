@@ -75,6 +75,8 @@ class GradcheckReport:
     atol: float = 1e-5
     rtol: float = 1e-3
     notes: list[str] = field(default_factory=list)
+    # On failure: which op is to blame (see testing.localize); None when not localised.
+    localization: Any = None
 
     def __str__(self) -> str:
         if self.passed:
@@ -89,6 +91,8 @@ class GradcheckReport:
         ]
         lines += [f"  - {mismatch}" for mismatch in self.mismatches]
         lines += self.notes
+        if self.localization is not None:
+            lines.append(str(self.localization))
         return "\n".join(lines)
 
 
@@ -153,8 +157,14 @@ def check_gradients(
     atol: float = 1e-5,
     rtol: float = 1e-3,
     names: Sequence[str] | None = None,
+    localize: bool | None = None,
 ) -> GradcheckReport:
-    """Run the comparison and return a :class:`GradcheckReport` (never raises on mismatch)."""
+    """Run the comparison and return a :class:`GradcheckReport` (never raises on mismatch).
+
+    On a mismatch, ``localize`` re-checks every op of the graph on its own and puts the
+    first wrong one in ``report.localization`` (see :mod:`tinygrad_lstm.testing.localize`):
+    True always, False never, None (default) when the graph has at most 200 nodes.
+    """
     all_inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     positions = [p for p, x in enumerate(all_inputs) if isinstance(x, Tensor) and x.requires_grad]
     if not positions:
@@ -197,7 +207,7 @@ def check_gradients(
                         count=int(bad.sum()),
                     )
                 )
-    return GradcheckReport(
+    report = GradcheckReport(
         passed=not mismatches,
         max_abs_error=max_abs,
         max_rel_error=max_rel,
@@ -206,6 +216,13 @@ def check_gradients(
         atol=atol,
         rtol=rtol,
     )
+    if mismatches and localize is not False:
+        from .localize import DEFAULT_MAX_NODES, localize_ops
+
+        report.localization = localize_ops(
+            fn, all_inputs, eps=eps, atol=atol, rtol=rtol, max_nodes=None if localize else DEFAULT_MAX_NODES
+        )
+    return report
 
 
 def gradcheck(
@@ -216,15 +233,18 @@ def gradcheck(
     rtol: float = 1e-3,
     raise_exception: bool = True,
     names: Sequence[str] | None = None,
+    localize: bool | None = None,
 ) -> bool:
     """True if reverse-mode gradients of ``fn(*inputs)`` match central differences.
 
     Checks every input Tensor that requires grad (float64 expected) against every
     output. On a mismatch raises :class:`GradcheckError` naming the input, the output,
     the element indices and both values, or returns False if ``raise_exception=False``.
-    ``names`` optionally labels the inputs in the report.
+    ``names`` optionally labels the inputs in the report. ``localize`` (default: when
+    the graph has at most 200 nodes) adds which op's VJP is wrong, and the line of your
+    code that made it, to the report (see :func:`check_gradients`).
     """
-    report = check_gradients(fn, inputs, eps=eps, atol=atol, rtol=rtol, names=names)
+    report = check_gradients(fn, inputs, eps=eps, atol=atol, rtol=rtol, names=names, localize=localize)
     if report.passed:
         return True
     if raise_exception:
