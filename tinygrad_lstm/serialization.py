@@ -34,8 +34,15 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"load: {os.fspath(path)!r} is not a .npz archive (tl.save writes NumPy .npz files)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+            arrays = {name: archive[name] for name in archive.files}
     except ValueError as error:  # object arrays need pickle: refused, nothing executed
         raise ValueError(f"load: {os.fspath(path)!r} holds pickled data, which is never loaded ({error})") from None
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"load: {os.fspath(path)!r} is not a valid .npz archive ({error})") from None
+    # NumPy hands back the raw bytes of a member that is not a .npy file.
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise ValueError(
+                f"load: {os.fspath(path)!r} is not a .npz archive of arrays: {name!r} is not a .npy member"
+            )
+    return arrays

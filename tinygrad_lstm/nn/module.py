@@ -156,9 +156,14 @@ class Module:
             parameter.grad = None
 
     def train(self, mode: bool = True) -> Module:
-        """Training mode (dropout active) for this module and all submodules."""
-        for module in self.modules():
-            object.__setattr__(module, "training", bool(mode))
+        """Training mode (dropout active) for this module and all submodules.
+
+        Each child's own ``train`` is called (as in PyTorch), so a module that overrides
+        it, like ``Recurrent`` for its cells, is reached inside a bigger model too.
+        """
+        object.__setattr__(self, "training", bool(mode))
+        for child in self.children():
+            child.train(mode)
         return self
 
     def eval(self) -> Module:

@@ -139,10 +139,14 @@ class Function:
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        """Run ``forward`` on the inputs' arrays and record the node if grad is needed."""
+        """Run ``forward`` on the inputs' arrays and record the node if grad is needed.
+
+        An input's edge says where its gradient goes: the leaf Tensor itself, its
+        creator ``(node, output_index)``, or None (not a Tensor, or no gradient wanted).
+        """
         device = None
         requires_grad = False
-        arrays = []
+        arrays, edges, needs = [], [], []
         for arg in args:
             if isinstance(arg, Tensor):
                 if device is None:
@@ -152,52 +156,38 @@ class Function:
                         f"{cls.__name__}: inputs are on different devices, {device!r} and "
                         f"{arg.device!r}; move them to one device with .to(device)"
                     )
+                arrays.append(arg.data)
                 if arg.requires_grad:
                     requires_grad = True
-                arrays.append(arg.data)
+                    node = arg._node
+                    edges.append(arg if node is None else (node, arg._output_index))
+                    needs.append(True)
+                    continue
             else:
                 arrays.append(arg)
+            edges.append(None)
+            needs.append(False)
         target = _known_devices.get(device) or backend.get_device(device or backend.default_device())
         ctx = Context(cls, target.xp, target.name)
         output = cls.forward(ctx, *arrays, **kwargs)
-        if not (requires_grad and _grad_mode.enabled):
-            if type(output) is tuple:
-                return tuple(_wrap(ctx, out, target) for out in output)
-            return _wrap(ctx, output, target)
-        ctx.needs_input_grad, ctx.edges = _edges(args)
-        if record_source is not None:
-            ctx.source = record_source()
+        record = requires_grad and _grad_mode.enabled
+        node = ctx if record else None
         if type(output) is tuple:
-            outputs = tuple(_wrap(ctx, out, target, ctx, i) for i, out in enumerate(output))
-            ctx.grads = [None] * len(outputs)
-            ctx.owned = [False] * len(outputs)
-            ctx.output_meta = tuple((out.data.shape, out.data.dtype) for out in outputs)
-            ctx.multi_output = True
-            return outputs
-        result = _wrap(ctx, output, target, ctx)
-        ctx.grads = [None]
-        ctx.owned = [False]
-        ctx.output_meta = ((result.data.shape, result.data.dtype),)
-        ctx.multi_output = False
-        return result
-
-
-def _edges(args: tuple) -> tuple[tuple[bool, ...], tuple[Any, ...]]:
-    """Per input: does it want a gradient, and where does that gradient go.
-
-    The destination is the leaf Tensor itself, its creator ``(node, output_index)``,
-    or None (not a Tensor, or no gradient wanted).
-    """
-    needs, edges = [], []
-    for arg in args:
-        if isinstance(arg, Tensor) and arg.requires_grad:
-            needs.append(True)
-            node = arg._node
-            edges.append(arg if node is None else (node, arg._output_index))
+            result = tuple([_wrap(ctx, out, target, node, i) for i, out in enumerate(output)])
+            meta = tuple([(out.data.shape, out.data.dtype) for out in result])
         else:
-            needs.append(False)
-            edges.append(None)
-    return tuple(needs), tuple(edges)
+            result = _wrap(ctx, output, target, node, 0)
+            meta = ((result.data.shape, result.data.dtype),)
+        if record:
+            ctx.edges = tuple(edges)
+            ctx.needs_input_grad = tuple(needs)
+            ctx.output_meta = meta
+            ctx.multi_output = len(meta) > 1 or type(output) is tuple
+            ctx.grads = [None] * len(meta)
+            ctx.owned = [False] * len(meta)
+            if record_source is not None:
+                ctx.source = record_source()
+        return result
 
 
 def _wrap(ctx: Context, array: Any, target: Any, node: Context | None = None, index: int = 0) -> Tensor:

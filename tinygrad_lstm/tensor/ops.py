@@ -501,7 +501,13 @@ class Split(Function):
     @staticmethod
     def forward(ctx, x, sizes, axis=0):
         ctx.axis = axis
-        return tuple(_slice_along(x, axis, start, stop) for start, stop in _offsets(sizes))
+        index = [slice(None)] * x.ndim
+        pieces, start = [], 0
+        for size in sizes:
+            index[axis] = slice(start, start + size)
+            pieces.append(x[tuple(index)])
+            start += size
+        return tuple(pieces)
 
     @staticmethod
     def backward(ctx, *grads):

@@ -469,9 +469,9 @@ class Tensor:
 
     def split(self, size_or_sizes, axis: int = 0):
         """Pieces along ``axis``: each of size ``size`` (an int) or of the listed sizes."""
-        axis = _normalize_axis(axis, self.ndim)[0]
-        length = self.shape[axis]
-        if isinstance(size_or_sizes, numbers.Integral):
+        axis = _single_axis(axis, self.ndim)
+        length = self.data.shape[axis]
+        if type(size_or_sizes) is int or isinstance(size_or_sizes, numbers.Integral):
             size = int(size_or_sizes)
             if size <= 0:
                 raise ValueError(f"split size must be positive, got {size}")
@@ -486,14 +486,13 @@ class Tensor:
         """``chunks`` pieces along ``axis`` of size ceil(n / chunks); the last may be smaller."""
         if chunks <= 0:
             raise ValueError(f"chunk needs a positive number of chunks, got {chunks}")
-        axis = _normalize_axis(axis, self.ndim)[0]
-        size = max(1, -(-self.shape[axis] // chunks))
+        axis = _single_axis(axis, self.ndim)
+        size = max(1, -(-self.data.shape[axis] // chunks))
         return self.split(size, axis)
 
     def unbind(self, axis: int = 0):
         """The slices along ``axis`` as a tuple, each without that axis; VJP: one stack."""
-        axis = _normalize_axis(axis, self.ndim)[0]
-        return _ops.Unbind.apply(self, axis=axis)
+        return _ops.Unbind.apply(self, axis=_single_axis(axis, self.ndim))
 
 
 # ---------------------------------------------------------------- helpers
@@ -504,6 +503,13 @@ def _shape_arg(shape: tuple) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     return tuple(int(s) for s in shape)
+
+
+def _single_axis(axis: Any, ndim: int) -> int:
+    """One ``axis`` (negatives allowed) as a non-negative int."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, checked cheaply
+        return axis % ndim
+    return _normalize_axis(axis, ndim)[0]
 
 
 def _normalize_axis(axis: Any, ndim: int) -> tuple[int, ...] | None:
