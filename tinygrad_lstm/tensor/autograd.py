@@ -196,7 +196,6 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
             has_grad = any(grad is not None for grad in output_grads)
         else:
             has_grad = output_grads[0] is not None
-        input_grads = None
         if has_grad:
             input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
             if type(input_grads) is not tuple:
@@ -206,10 +205,11 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                     f"{node.name}.backward returned {len(input_grads)} gradients for "
                     f"{len(edges)} inputs; return one per forward input (None for no gradient)"
                 )
-        for position, edge in enumerate(edges):
+        else:
+            input_grads = (None,) * len(edges)
+        for edge, grad in zip(edges, input_grads):
             if edge is None:
                 continue
-            grad = None if input_grads is None else input_grads[position]
             if type(edge) is tuple:  # a non-leaf: its creator node and output index
                 parent, index = edge
                 if grad is not None:

@@ -175,6 +175,15 @@ class Function:
         if type(output) is tuple:
             result = tuple([_wrap(ctx, out, target, node, i) for i, out in enumerate(output)])
             meta = tuple([(out.data.shape, out.data.dtype) for out in result])
+        elif type(output) is target.array_type and ctx.output_device is target.name:
+            result = _new_tensor(Tensor)  # _wrap's common case, inlined: the hottest path
+            result.data = output
+            result.device = target.name
+            result.requires_grad = record
+            result.grad = None
+            result._node = node
+            result._output_index = 0
+            meta = ((output.shape, output.dtype),)
         else:
             result = _wrap(ctx, output, target, node, 0)
             meta = ((result.data.shape, result.data.dtype),)
@@ -195,7 +204,7 @@ def _wrap(ctx: Context, array: Any, target: Any, node: Context | None = None, in
         target = backend.get_device(ctx.output_device)
     if not isinstance(array, target.array_type):
         array = target.xp.asarray(array)  # NumPy reductions return scalars, not 0-d arrays
-    tensor = _new_tensor(Tensor)  # Tensor._make, inlined: this is the hottest path
+    tensor = _new_tensor(Tensor)  # Tensor._make, inlined
     tensor.data = array
     tensor.device = target.name
     tensor.requires_grad = node is not None
