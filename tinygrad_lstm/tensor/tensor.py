@@ -581,7 +581,9 @@ def _apply_binary(function, left: Any, right: Any) -> Tensor:
     except ValueError as error:
         left_shape = tuple(getattr(left, "shape", ()))
         right_shape = tuple(getattr(right, "shape", ()))
-        raise ValueError(f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})") from None
+        raise ValueError(
+            f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})"
+        ) from None
 
 
 def matmul(a: Any, b: Any) -> Tensor:
