@@ -53,6 +53,9 @@ class Mul(Function):
     def backward(ctx, g):
         a, b = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad
+        if a is b:  # x · x: both gradients are g · x, so compute (and hold) it once
+            grad = g * a
+            return grad, grad
         return (g * b if need_a else None), (g * a if need_b else None)
 
 
