@@ -85,9 +85,9 @@ class _GatedCell(RecurrentCell):
             self.bias_ih = uniform_parameter((rows,), bound, dtype, device)
             self.bias_hh = uniform_parameter((rows,), bound, dtype, device)
 
-    def _input_matmul(self, x: Tensor) -> Tensor:
-        """x @ W_ihᵀ for x of any leading shape (all time steps at once)."""
-        return linear(x, self.weight_ih)
+    def _summed_biases(self) -> Tensor | None:
+        """b_ih + b_hh: both are added to every step's gates, so fold them into the projection."""
+        return self.bias_ih + self.bias_hh if self.bias else None
 
 
 class RNNCell(_GatedCell):
@@ -100,11 +100,10 @@ class RNNCell(_GatedCell):
         self.nonlinearity = nonlinearity
 
     def project_input(self, x: Tensor) -> Tensor:
-        projected = self._input_matmul(x)
-        return projected + (self.bias_ih + self.bias_hh) if self.bias else projected
+        return linear(x, self.weight_ih, self._summed_biases())  # x W_ihᵀ + b_ih + b_hh
 
     def step(self, x_t: Tensor, h: Tensor) -> Tensor:
-        pre_activation = x_t + linear(h, self.weight_hh)
+        pre_activation = linear(h, self.weight_hh, x_t)  # x_t + h W_hhᵀ, x_t added like a bias
         return pre_activation.tanh() if self.nonlinearity == "tanh" else pre_activation.relu()
 
 
@@ -121,8 +120,7 @@ class LSTMCell(_GatedCell):
     gates = 4
 
     def project_input(self, x: Tensor) -> Tensor:
-        projected = self._input_matmul(x)
-        return projected + (self.bias_ih + self.bias_hh) if self.bias else projected
+        return linear(x, self.weight_ih, self._summed_biases())  # x W_ihᵀ + b_ih + b_hh
 
     def initial_state(self, batch: int, dtype: Any = float32, device: str | None = None) -> State:
         return (
@@ -132,7 +130,7 @@ class LSTMCell(_GatedCell):
 
     def step(self, x_t: Tensor, state: State) -> State:
         h, c = state
-        gates = x_t + linear(h, self.weight_hh)
+        gates = linear(h, self.weight_hh, x_t)  # x_t + h W_hhᵀ, x_t added like a bias
         i, f, g, o = gates.chunk(4, axis=1)
         input_gate, forget_gate, candidate, output_gate = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
         c = forget_gate * c + input_gate * candidate
@@ -152,8 +150,7 @@ class GRUCell(_GatedCell):
     gates = 3
 
     def project_input(self, x: Tensor) -> Tensor:
-        projected = self._input_matmul(x)
-        return projected + self.bias_ih if self.bias else projected
+        return linear(x, self.weight_ih, self.bias_ih if self.bias else None)  # b_hh stays inside: r gates it
 
     def step(self, x_t: Tensor, h: Tensor) -> Tensor:
         hidden = linear(h, self.weight_hh, self.bias_hh if self.bias else None)
@@ -187,7 +184,7 @@ def detach_state(state: State) -> State:
 
 # Time steps whose input projection is computed together: one matmul per block. Blocks
 # bound the memory of projected inputs that are still waiting for their step.
-PROJECTION_BLOCK = 64
+PROJECTION_BLOCK = 32
 
 
 def run_cell(

@@ -612,8 +612,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"linear: x of shape {x.shape} and weight of shape {weight.shape} do not fit; "
             "weight must be (out_features, in_features) with in_features = x.shape[-1]"
         )
-    y = _ops.Linear.apply(x, weight)
-    return y if bias is None else y + bias
+    if bias is not None and (not isinstance(bias, Tensor) or bias.dtype != weight.dtype or x.dtype != weight.dtype):
+        return _ops.Linear.apply(x, weight, None) + bias  # mixed dtypes: promote as ``+`` does
+    try:
+        return _ops.Linear.apply(x, weight, bias)
+    except ValueError:
+        raise ValueError(
+            f"linear: bias of shape {bias.shape} does not broadcast to the output shape "
+            f"{(*x.shape[:-1], weight.shape[0])}"
+        ) from None
 
 
 def maximum(a: Any, b: Any) -> Tensor:
