@@ -126,3 +126,58 @@ def test_training_reduces_a_loss(make):
 def test_bad_arguments_raise(make, error, message):
     with pytest.raises(error, match=message):
         make(_parameter([1.0]))
+
+
+# ---------------------------------------------------------------- optimizer state_dict
+
+
+def _trained_pair(make_optimizer, steps=3):
+    """A parameter and its optimizer after a few steps on a fixed quadratic."""
+    p = nn.Parameter(tl.Tensor([[1.0, -2.0], [0.5, 3.0]], dtype=tl.float64))
+    optimizer = make_optimizer([p])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        ((p * p).sum() + p.sum()).backward()
+        optimizer.step()
+    return p, optimizer
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=0.1)],
+    ids=["sgd-momentum", "adam"],
+)
+def test_optimizer_state_dict_round_trip_resumes_exactly(make_optimizer, tmp_path):
+    p, optimizer = _trained_pair(make_optimizer)
+    tl.save(optimizer.state_dict(), tmp_path / "optim.npz")
+    # continue the original for two steps ...
+    p_copy = nn.Parameter(tl.Tensor(p.numpy()))
+    for _ in range(2):
+        optimizer.zero_grad()
+        ((p * p).sum() + p.sum()).backward()
+        optimizer.step()
+    # ... and a fresh optimizer restored from the file for the same two steps
+    restored = make_optimizer([p_copy])
+    restored.load_state_dict(tl.load(tmp_path / "optim.npz"))
+    for _ in range(2):
+        restored.zero_grad()
+        ((p_copy * p_copy).sum() + p_copy.sum()).backward()
+        restored.step()
+    np.testing.assert_array_equal(p.numpy(), p_copy.numpy())
+
+
+def test_optimizer_load_state_dict_rejects_bad_keys_and_shapes_without_changing_anything():
+    p, optimizer = _trained_pair(lambda ps: optim.Adam(ps, lr=0.1))
+    before = {key: value.copy() for key, value in optimizer.state_dict().items()}
+    with pytest.raises(KeyError, match="unexpected key '0.velocity'"):
+        optimizer.load_state_dict({**before, "0.velocity": before["0.m"]})
+    with pytest.raises(KeyError, match="unexpected key '5.m'"):
+        optimizer.load_state_dict({"5.m": before["0.m"]})
+    with pytest.raises(ValueError, match=r"'0.m' has shape \(3,\)"):
+        optimizer.load_state_dict({**before, "0.m": np.zeros(3)})
+    with pytest.raises(KeyError, match="lacks v"):
+        optimizer.load_state_dict({"0.step": before["0.step"], "0.m": before["0.m"]})
+    after = optimizer.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])

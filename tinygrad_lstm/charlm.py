@@ -244,12 +244,8 @@ class Trainer:
             arrays["bptt_state.h"], arrays["bptt_state.c"] = self.state
         for key in ("embedding_dim", "hidden_size", "num_layers"):
             arrays[f"config.{key}"] = np.array(getattr(self.config, key))
-        for name, p in self.parameters.items():
-            moments = self.optimizer.state.get(id(p))
-            if moments is not None:
-                arrays[f"adam.m.{name}"] = Tensor(moments["m"], device=p.device)
-                arrays[f"adam.v.{name}"] = Tensor(moments["v"], device=p.device)
-                arrays[f"adam.step.{name}"] = np.array(moments["step"])
+        for key, value in self.optimizer.state_dict().items():
+            arrays[f"adam.{key}"] = value
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save(arrays, path)
 
@@ -270,13 +266,9 @@ class Trainer:
                 trainer.state = tuple(
                     Tensor(arrays[f"bptt_state.{part}"], dtype=dtype, device=device) for part in ("h", "c")
                 )
-            for name, p in trainer.parameters.items():  # moments on the parameter's device and dtype
-                if f"adam.m.{name}" in arrays:
-                    trainer.optimizer.state[id(p)] = {
-                        "step": int(arrays[f"adam.step.{name}"]),
-                        "m": Tensor(arrays[f"adam.m.{name}"], dtype=p.dtype, device=p.device).data,
-                        "v": Tensor(arrays[f"adam.v.{name}"], dtype=p.dtype, device=p.device).data,
-                    }
+            trainer.optimizer.load_state_dict(
+                {name[len("adam.") :]: value for name, value in arrays.items() if name.startswith("adam.")}
+            )
         except BadInput:
             raise
         except (KeyError, ValueError, TypeError, IndexError) as error:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .tensor import Tensor, get_array_module
+from .tensor import Tensor, get_array_module, int64
 
 
 class Optimizer:
@@ -26,9 +26,49 @@ class Optimizer:
         self.lr = lr
         self.state: dict[int, dict[str, Any]] = {}
 
+    slots: tuple[str, ...] = ()  # the names of the per-parameter state a subclass keeps
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-parameter state as host arrays, keyed ``"{position}.{slot}"`` (position in params).
+
+        Save it with ``tl.save`` beside the model's state_dict to resume training exactly.
+        """
+        state = {}
+        for position, p in enumerate(self.params):
+            for slot, value in self.state.get(id(p), {}).items():
+                state[f"{position}.{slot}"] = Tensor(value, device=p.device).numpy()
+        return state
+
+    def load_state_dict(self, mapping: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` gave; everything is checked before anything changes."""
+        staged: dict[int, dict[str, Any]] = {}
+        for key, value in mapping.items():
+            position_text, _, slot = str(key).partition(".")
+            if not position_text.isdigit() or int(position_text) >= len(self.params) or slot not in self.slots:
+                raise KeyError(
+                    f"{type(self).__name__}.load_state_dict: unexpected key {key!r} (expected "
+                    f"'<position < {len(self.params)}>.<one of {', '.join(self.slots)}>')"
+                )
+            p = self.params[int(position_text)]
+            if slot == "step":
+                staged.setdefault(id(p), {})[slot] = int(Tensor(value, dtype=int64).item())
+                continue
+            array = Tensor(value, dtype=p.dtype, device=p.device).data
+            if tuple(array.shape) != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: {key!r} has shape {tuple(array.shape)}, "
+                    f"the parameter has shape {p.shape}"
+                )
+            staged.setdefault(id(p), {})[slot] = array
+        for slots in staged.values():
+            missing = [slot for slot in self.slots if slot not in slots]
+            if missing:
+                raise KeyError(f"{type(self).__name__}.load_state_dict: a parameter lacks {', '.join(missing)}")
+        self.state = staged
 
     def step(self) -> None:
         raise NotImplementedError
@@ -48,6 +88,8 @@ class Optimizer:
 
 class SGD(Optimizer):
     """p ← p - lr · v with v ← momentum · v + g (v = g on the first step); g += wd · p."""
+
+    slots = ("velocity",)
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr)
@@ -76,6 +118,8 @@ class Adam(Optimizer):
     m ← β1 m + (1 - β1) g;  v ← β2 v + (1 - β2) g²
     p ← p - lr · (m / (1 - β1ᵗ)) / (√(v / (1 - β2ᵗ)) + eps)
     """
+
+    slots = ("step", "m", "v")
 
     def __init__(
         self,
