@@ -357,8 +357,38 @@ class Recurrent(Module):
         return ", ".join(extras)
 
 
-class RNN(Recurrent):
-    """Elman RNN layer: ``RNNCell`` run by ``Recurrent``; returns (output, h_n)."""
+class _BuiltinLayer(Recurrent):
+    """PyTorch's layer signature around one of the built-in cells (``cell_class``)."""
+
+    cell_class: type[_GatedCell]
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = float32,
+        device: str | None = None,
+        **cell_options: Any,
+    ):
+        def make_cell(cell_input: int, cell_hidden: int) -> _GatedCell:
+            return self.cell_class(cell_input, cell_hidden, bias, **cell_options, dtype=dtype, device=device)
+
+        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+
+
+class RNN(_BuiltinLayer):
+    """Elman RNN layer: ``RNNCell`` run by ``Recurrent``; returns (output, h_n).
+
+    Arguments as PyTorch's, with ``nonlinearity`` ("tanh" or "relu") fourth.
+    """
+
+    cell_class = RNNCell
 
     def __init__(
         self,
@@ -370,56 +400,26 @@ class RNN(Recurrent):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        *,
-        dtype: Any = float32,
-        device: str | None = None,
+        **factory: Any,
     ):
-        def make_cell(cell_input: int, cell_hidden: int) -> RNNCell:
-            return RNNCell(cell_input, cell_hidden, bias, nonlinearity, dtype=dtype, device=device)
-
-        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            nonlinearity=nonlinearity, **factory,
+        )  # fmt: skip
         self.nonlinearity = nonlinearity
 
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        return extra if self.nonlinearity == "tanh" else f"{extra}, nonlinearity={self.nonlinearity!r}"
 
-class LSTM(Recurrent):
+
+class LSTM(_BuiltinLayer):
     """LSTM layer: ``LSTMCell`` run by ``Recurrent``; returns (output, (h_n, c_n))."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        dtype: Any = float32,
-        device: str | None = None,
-    ):
-        def make_cell(cell_input: int, cell_hidden: int) -> LSTMCell:
-            return LSTMCell(cell_input, cell_hidden, bias, dtype=dtype, device=device)
-
-        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+    cell_class = LSTMCell
 
 
-class GRU(Recurrent):
+class GRU(_BuiltinLayer):
     """GRU layer: ``GRUCell`` run by ``Recurrent``; returns (output, h_n)."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        dtype: Any = float32,
-        device: str | None = None,
-    ):
-        def make_cell(cell_input: int, cell_hidden: int) -> GRUCell:
-            return GRUCell(cell_input, cell_hidden, bias, dtype=dtype, device=device)
-
-        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+    cell_class = GRUCell
