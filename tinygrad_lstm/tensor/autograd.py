@@ -91,6 +91,9 @@ def _check_not_freed(node: Context) -> None:
 
 
 def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
+    if node.grads is None:  # the first gradient to reach this node
+        count = len(node.output_meta)
+        node.grads, node.owned = [None] * count, [False] * count
     current = node.grads[index]
     if current is None:
         node.grads[index] = grad
@@ -183,13 +186,13 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
     ready = [node for node, count in consumers.items() if count == 0]
     while ready:
         node = ready.pop()
-        output_grads = node.grads
+        output_grads = node.grads or (None,) * len(node.output_meta)
         if captured_outputs:
             for index, grad in enumerate(output_grads):
                 position = captured_outputs.get((id(node), index))
                 if position is not None:
                     results[position] = grad
-        if node.retained is not None and not captured_outputs:
+        if node.retained is not None and node.grads is not None and not captured_outputs:
             _fill_retained(node)
         edges = node.edges
         if node.multi_output:
@@ -227,8 +230,7 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                     grad = _fit_gradient(grad, data.shape, data.dtype, node)
                 deliver_to_leaf(edge, grad)
         if retain_graph:
-            node.grads = [None] * len(output_grads)
-            node.owned = [False] * len(output_grads)
+            node.grads = node.owned = None
         else:
             node.release()
 

@@ -192,8 +192,7 @@ class Function:
             ctx.needs_input_grad = tuple(needs)
             ctx.output_meta = meta
             ctx.multi_output = len(meta) > 1 or type(output) is tuple
-            ctx.grads = [None] * len(meta)
-            ctx.owned = [False] * len(meta)
+            ctx.grads = None  # made by backward when the first gradient arrives
             if record_source is not None:
                 ctx.source = record_source()
         return result
