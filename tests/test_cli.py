@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tqdm  # noqa: F401  (the cli extra; the test extra installs it too)
 
 import tinygrad_lstm as tl
 from tinygrad_lstm import battery
 from tinygrad_lstm.cli import main
-
-pytest.importorskip("tqdm", reason="the command line's progress bars need tqdm (the cli extra)")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +98,6 @@ def test_python_dash_m_and_unknown_device():
 
 
 def test_demo_small_budget_writes_table_plots_and_results(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     out = tmp_path / "demo"
     argv = ["demo", "-T", "50", "--steps", "25", "--batch", "16", "--hidden", "8", "--test-size", "96"]
     code, stdout, _ = run(capsys, *argv, "--seed", "3", "--out", str(out))

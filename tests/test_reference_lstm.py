@@ -171,13 +171,9 @@ def test_reference_matches_torch(layer):
 
 
 def our_layer_class(name: str):
-    """tinygrad_lstm.nn.<name>, or skip (only) because the layers are not written yet."""
-    try:
-        from tinygrad_lstm import nn
-    except ImportError:
-        nn = None
-    if nn is None or not hasattr(nn, name):
-        pytest.skip(f"tinygrad_lstm.nn.{name} not available yet")
+    """tinygrad_lstm.nn.<name>."""
+    from tinygrad_lstm import nn
+
     return getattr(nn, name)
 
 
