@@ -487,3 +487,9 @@ def test_default_device_from_the_setter_and_the_environment(monkeypatch, strict_
     monkeypatch.setattr(backend, "_default_device", None)
     monkeypatch.setenv("TINYGRAD_LSTM_DEVICE", "cpu")
     assert tl.ones(1).device == "cpu"
+
+
+def test_pow_with_exponent_zero_has_zero_gradient_even_at_zero():
+    x = tl.Tensor([0.0, 2.0, -1.5], requires_grad=True, dtype=tl.float64)
+    (x**0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 0.0])

@@ -310,3 +310,15 @@ def test_repr_is_readable():
     assert repr(nn.Embedding(10, 3)) == "Embedding(10, 3)"
     assert repr(nn.LSTMCell(2, 3)) == "LSTMCell(2, 3)"
     assert repr(nn.Parameter(tl.zeros(2))).startswith("Parameter containing:\nTensor(")
+
+
+def test_assigning_a_new_parameter_to_a_recurrent_layer_reaches_the_cell_that_uses_it():
+    layer = nn.LSTM(2, 3, bidirectional=True).astype(tl.float64)
+    x = tl.Tensor(np.random.default_rng(0).normal(size=(4, 1, 2)))
+    layer.weight_hh_l0_reverse = nn.Parameter(tl.zeros(12, 3, dtype=tl.float64))
+    output, _ = layer(x)
+    output.sum().backward()
+    assert layer.weight_hh_l0_reverse.grad is not None  # the new parameter is in the graph
+    assert dict(layer.named_parameters())["weight_hh_l0_reverse"] is layer.weight_hh_l0_reverse
+    with pytest.raises(TypeError, match="weight_hh_l0 must stay an nn.Parameter"):
+        layer.weight_hh_l0 = tl.zeros(12, 3)

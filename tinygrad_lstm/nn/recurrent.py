@@ -29,7 +29,7 @@ from ..tensor import Tensor, arange, float32, linear, stack, where, zeros
 from ..tensor import cat as concatenate
 from . import functional as F
 from .layers import uniform_parameter
-from .module import Module
+from .module import Module, Parameter
 
 State = Any  # a Tensor or a tuple of Tensors, each (batch, hidden_size)
 
@@ -254,15 +254,31 @@ class Recurrent(Module):
         self.bidirectional, self.batch_first, self.dropout = bidirectional, batch_first, dropout
         directions = 2 if bidirectional else 1
         cells = []
+        owners = {}  # layer-level name -> (the module inside a cell that holds it, its name there)
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * directions
             for direction in range(directions):
                 cell = make_cell(layer_input, hidden_size)
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 for name, parameter in cell.named_parameters():
+                    path, _, attribute = name.rpartition(".")
+                    owner = cell
+                    for part in path.split(".") if path else ():
+                        owner = getattr(owner, part)
+                    owners[name.replace(".", "_") + suffix] = (owner, attribute)
                     setattr(self, name.replace(".", "_") + suffix, parameter)
                 cells.append(cell)
         object.__setattr__(self, "cells", cells)  # not submodules: their weights are named above
+        object.__setattr__(self, "_owners", owners)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a new Parameter to ``weight_hh_l0`` & co. also gives it to the cell that computes with it."""
+        owner = self.__dict__.get("_owners", {}).get(name)
+        if owner is not None:
+            if not isinstance(value, Parameter):
+                raise TypeError(f"{name} must stay an nn.Parameter, got {type(value).__name__}")
+            setattr(*owner, value)
+        super().__setattr__(name, value)
 
     @property
     def num_directions(self) -> int:

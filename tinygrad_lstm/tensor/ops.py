@@ -90,8 +90,14 @@ class Pow(Function):
     def backward(ctx, g):
         a, b, y = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad
-        grad_a = g * b * a ** (b - 1) if need_a else None
-        grad_b = g * y * ctx.xp.log(a) if need_b else None
+        grad_a = grad_b = None
+        if need_a:
+            if isinstance(b, (int, float)) and b == 0:  # x ** 0 is constant: 0 · x⁻¹ would be nan at x = 0
+                grad_a = ctx.xp.zeros_like(g * a)
+            else:
+                grad_a = g * b * a ** (b - 1)
+        if need_b:
+            grad_b = g * y * ctx.xp.log(a)
         return grad_a, grad_b
 
 
