@@ -175,14 +175,17 @@ class GradientFlow:
 
 
 def _norm(tensor: Tensor, time_axis: int) -> list[float]:
-    """‖tensor[t]‖ for each t along ``time_axis``."""
-    squares = tensor * tensor
-    axes = tuple(a for a in range(tensor.ndim) if a != time_axis)
-    return [value**0.5 for value in squares.sum(axis=axes).tolist()]
+    """‖tensor[t]‖ for each t along ``time_axis``, in float64 on the host.
+
+    (Vanishing gradients get tiny: squared in float32, values below ~1e-19 would be 0.)
+    """
+    values = np.moveaxis(tensor.numpy().astype(np.float64), time_axis, 0)
+    return np.sqrt((values * values).reshape(values.shape[0], -1).sum(axis=1)).tolist()
 
 
 def _total_norm(tensor: Tensor) -> float:
-    return (tensor * tensor).sum().item() ** 0.5
+    values = tensor.numpy().astype(np.float64)
+    return float(np.sqrt((values * values).sum()))
 
 
 def _last_step_sum(result: Any, time_axis: int) -> Tensor:
