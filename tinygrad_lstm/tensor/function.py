@@ -175,15 +175,6 @@ class Function:
         if type(output) is tuple:
             result = tuple([_wrap(ctx, out, target, node, i) for i, out in enumerate(output)])
             meta = tuple([(out.data.shape, out.data.dtype) for out in result])
-        elif type(output) is target.array_type and ctx.output_device is target.name:
-            result = _new_tensor(Tensor)  # _wrap's common case, inlined: the hottest path
-            result.data = output
-            result.device = target.name
-            result.requires_grad = record
-            result.grad = None
-            result._node = node
-            result._output_index = 0
-            meta = ((output.shape, output.dtype),)
         else:
             result = _wrap(ctx, output, target, node, 0)
             meta = ((result.data.shape, result.data.dtype),)
@@ -191,19 +182,18 @@ class Function:
             ctx.edges = tuple(edges)
             ctx.needs_input_grad = tuple(needs)
             ctx.output_meta = meta
-            ctx.multi_output = len(meta) > 1 or type(output) is tuple
+            ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
             if record_source is not None:
                 ctx.source = record_source()
         return result
 
 
-def _wrap(ctx: Context, array: Any, target: Any, node: Context | None = None, index: int = 0) -> Tensor:
-    if ctx.output_device != target.name:  # an op that moves data (ToDevice)
-        target = backend.get_device(ctx.output_device)
-    if not isinstance(array, target.array_type):
-        array = target.xp.asarray(array)  # NumPy reductions return scalars, not 0-d arrays
-    tensor = _new_tensor(Tensor)  # Tensor._make, inlined
+def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: int) -> Tensor:
+    """The op's output array as a Tensor (Tensor._make, inlined: this is the hottest path)."""
+    if type(array) is not target.array_type or ctx.output_device is not target.name:
+        array, target = _output_array(ctx, array, target)
+    tensor = _new_tensor(Tensor)
     tensor.data = array
     tensor.device = target.name
     tensor.requires_grad = node is not None
@@ -211,6 +201,15 @@ def _wrap(ctx: Context, array: Any, target: Any, node: Context | None = None, in
     tensor._node = node
     tensor._output_index = index
     return tensor
+
+
+def _output_array(ctx: Context, array: Any, target: Any) -> tuple[Any, Any]:
+    """The uncommon cases: an op that moves data (ToDevice), or a scalar/subclass result."""
+    if ctx.output_device != target.name:
+        target = backend.get_device(ctx.output_device)
+    if not isinstance(array, target.array_type):
+        array = target.xp.asarray(array)  # NumPy reductions return scalars, not 0-d arrays
+    return array, target
 
 
 _new_tensor = object.__new__
