@@ -250,13 +250,10 @@ def _fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, node: Context) 
 
 
 def _materialize(node: Context) -> list[Any]:
-    """Output gradients for the VJP; missing ones of a multi-output op become zeros."""
-    grads = node.grads
-    if not node.multi_output:
-        return grads
+    """A multi-output op's output gradients for its VJP: the missing ones become zeros."""
     return [
         node.xp.zeros(shape, dtype=dtype) if grad is None else grad
-        for grad, (shape, dtype) in zip(grads, node.output_meta)
+        for grad, (shape, dtype) in zip(node.grads, node.output_meta)
     ]
 
 
