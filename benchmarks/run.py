@@ -94,7 +94,7 @@ TARGETS = {
     ("overhead", "time"): 3.0,
 }
 
-OURS, REFERENCE, TORCH = "ours", "numpy-ref", "torch"
+OURS, REFERENCE, TORCH, OURS_FUSED = "ours", "numpy-ref", "torch", "ours-fused"
 LAYER_CLASS = {"lstm": "LSTM", "rnn": "RNN", "gru": "GRU"}
 
 
@@ -214,12 +214,15 @@ def _import_ours(layer_name: str | None = None) -> Any:
     return tl
 
 
-def ours_recurrent(workload: Workload, data: dict, device: Device) -> Callable[[], Any]:
+def ours_recurrent(workload: Workload, data: dict, device: Device, fused: bool = False) -> Callable[[], Any]:
     layer_name = LAYER_CLASS[workload.kind]
     tl = _import_ours(layer_name)
     from tinygrad_lstm import nn, optim
 
-    layer = getattr(nn, layer_name)(workload.input_size, workload.hidden_size)
+    if fused:  # the opt-in fused LSTM step (one node per step), same weights
+        layer = nn.Recurrent(nn.FusedLSTMCell, workload.input_size, workload.hidden_size)
+    else:
+        layer = getattr(nn, layer_name)(workload.input_size, workload.hidden_size)
     layer.load_state_dict(data["params"])
     layer = layer.to(device.name)
     optimizer = optim.SGD(layer.parameters(), lr=LEARNING_RATE)
@@ -346,7 +349,10 @@ def contenders_for(workload: Workload, threads: int) -> dict[str, StepFactory]:
 
     if workload.kind == "chain":
         return {OURS: ours_chain, REFERENCE: reference_chain, TORCH: with_threads(torch_chain)}
-    return {OURS: ours_recurrent, REFERENCE: reference_recurrent, TORCH: with_threads(torch_recurrent)}
+    contenders = {OURS: ours_recurrent, REFERENCE: reference_recurrent, TORCH: with_threads(torch_recurrent)}
+    if workload.kind == "lstm":  # shown for information; the targets are for the default, composed LSTM
+        contenders[OURS_FUSED] = lambda workload, data, device: ours_recurrent(workload, data, device, fused=True)
+    return contenders
 
 
 # ------------------------------------------------------------------- measuring
