@@ -18,8 +18,8 @@ import pytest
 import tqdm  # noqa: F401  (the cli extra; the test extra installs it too)
 
 import tinygrad_lstm as tl
-from tinygrad_lstm import battery
 from tinygrad_lstm.cli import main
+from tinygrad_lstm.testing import battery
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_charlm_trains_saves_resumes_and_samples(tmp_path, capsys):
 
 def test_charlm_resume_continues_exactly(tmp_path):
     """3 steps + checkpoint + resume + 3 steps gives the same weights as 6 steps in one go."""
-    from tinygrad_lstm import charlm
+    from tinygrad_lstm.apps import charlm
 
     def config(steps):
         return charlm.CharLMConfig(embedding_dim=5, hidden_size=7, seq_len=6, batch_size=3, steps=steps, seed=1)
@@ -190,7 +190,7 @@ def test_charlm_resume_continues_exactly(tmp_path):
 
 
 def test_charlm_default_corpus_is_stdlib_docstrings():
-    from tinygrad_lstm.charlm import stdlib_corpus
+    from tinygrad_lstm.apps.charlm import stdlib_corpus
 
     text = stdlib_corpus(max_chars=20_000)
     assert len(text) == 20_000

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .charlm import CharLMConfig
-from .demo import DemoConfig
+from .apps.charlm import CharLMConfig
+from .apps.demo import DemoConfig
 from .tensor import DeviceError, get_default_device, set_default_device
 
 EXIT_FAILED = 1  # a check failed, or a dependency is missing
@@ -140,7 +140,7 @@ def demo_table(results: dict[str, Any]) -> str:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from .demo import MODEL_KINDS, MODEL_LABELS, run_demo
+    from .apps.demo import MODEL_KINDS, MODEL_LABELS, run_demo
 
     for name in ("seq_len", "hidden", "steps", "batch", "test_size"):
         if getattr(args, name) < (2 if name == "seq_len" else 1):
@@ -203,7 +203,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_charlm(args: argparse.Namespace) -> int:
-    from . import charlm
+    from .apps import charlm
 
     numbers = {
         "steps": 0,
@@ -311,7 +311,7 @@ def command_charlm(args: argparse.Namespace) -> int:
 
 
 def command_gradcheck(args: argparse.Namespace) -> int:
-    from . import battery
+    from .testing import battery
 
     checks = battery.battery()
     if args.filter:

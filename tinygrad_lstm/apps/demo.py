@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from . import nn, optim
-from .nn import functional as F
-from .tensor import Tensor, manual_seed, no_grad
+from .. import nn, optim
+from ..nn import functional as F
+from ..tensor import Tensor, manual_seed, no_grad
 
 BASELINE_MSE = 2.0 / 12.0  # always predicting 1.0: the variance of the sum of two U(0, 1)
 TEST_SEED = 20240  # the test set is the same for every --seed, so runs compare fairly

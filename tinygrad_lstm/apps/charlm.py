@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from . import nn, optim
-from .nn import functional as F
-from .serialization import load, save
-from .tensor import Tensor, manual_seed, no_grad
+from .. import nn, optim
+from ..nn import functional as F
+from ..serialization import load, save
+from ..tensor import Tensor, manual_seed, no_grad
 
 LN2 = float(np.log(2.0))
 

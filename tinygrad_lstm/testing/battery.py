@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
-from .nn import functional as F
-from .tensor import Function, Tensor, float64, get_default_device, manual_seed, ops
-from .tensor import cat as tl_cat
-from .tensor import grad as tl_grad
-from .tensor import stack as tl_stack
-from .tensor import where as tl_where
-from .testing import GradcheckReport, check_gradients
+from .. import nn
+from ..nn import functional as F
+from ..tensor import Function, Tensor, float64, get_default_device, manual_seed, ops
+from ..tensor import cat as tl_cat
+from ..tensor import grad as tl_grad
+from ..tensor import stack as tl_stack
+from ..tensor import where as tl_where
+from .gradcheck import GradcheckReport, check_gradients
 
 Built = tuple[Callable[..., Any], tuple[Any, ...], list[str]]
 Rng = np.random.Generator
@@ -130,7 +130,7 @@ class _Square(Function):
 
 def _other_device(device: str | None) -> str:
     """A second device to round-trip through: the strict stand-in from the CPU, else the CPU."""
-    from .testing.strict_backend import register_strict_device
+    from .strict_backend import register_strict_device
 
     return register_strict_device() if (device or get_default_device()) == "cpu" else "cpu"
 
@@ -193,7 +193,7 @@ def _op_checks() -> list[Check]:
         ),
         _single("to another device and back", ("to",), lambda x, d: (x.to(_other_device(d)) * 2.0).to(x.device), (3,)),
     ]
-    from . import tensor
+    from .. import tensor
 
     if hasattr(tensor, "linear"):
         checks.append(
