@@ -127,18 +127,22 @@ def probed(model: Any) -> Iterator[Probed]:
         directions = model.num_directions
         probes = [StateProbe(cell, reverse=index % directions == 1) for index, cell in enumerate(cells)]
         labels = [f"l{index // directions}" + ("_reverse" if index % directions else "") for index in range(len(cells))]
+        # Probes add a tensor per step call: the loop must be written out (compile=False) to have them.
+        compiled = model.compile
         object.__setattr__(model, "cells", probes)
+        object.__setattr__(model, "compile", False)
         try:
             yield Probed(probes, labels, lambda x, state=None: model(x, state), 1 if model.batch_first else 0)
         finally:
             object.__setattr__(model, "cells", cells)
+            object.__setattr__(model, "compile", compiled)
     elif isinstance(model, RecurrentCell):
         probe = StateProbe(model)
 
         def run(x: Tensor, state: State = None) -> Any:
             if state is None:
                 state = probe.initial_state(x.shape[1], dtype=x.dtype, device=x.device)
-            return run_cell(probe, x, state)
+            return run_cell(probe, x, state, compile=False)  # one probe call per step, as written out
 
         yield Probed([probe], ["cell"], run, 0)
     else:

@@ -14,6 +14,9 @@ Optionally ``project_input(x)``: the part of a step that depends on the input on
 applied by the runner to all time steps at once (one big matmul instead of T small
 ones); ``step`` then receives the projected x_t. The default is the identity.
 
+A cell that overrides ``forward(x, state)`` instead (the PyTorch habit) is run through
+that ``forward``, step by step on the unprojected x_t: the runner runs what you wrote.
+
 ``Recurrent(make_cell, input_size, hidden_size, ...)`` runs such cells over time and
 gives any of them multi-layer stacking, bidirectionality, ``batch_first``, variable
 lengths and an initial state. ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` are exactly that.
@@ -25,7 +28,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..tensor import Tensor, arange, float32, linear, stack, where, zeros
+from ..tensor import Tensor, arange, float32, linear, scan, stack, where, zeros
 from ..tensor import cat as concatenate
 from . import functional as F
 from .layers import uniform_parameter
@@ -187,17 +190,74 @@ def detach_state(state: State) -> State:
 PROJECTION_BLOCK = 32
 
 
+def overrides_forward(cell: RecurrentCell) -> bool:
+    """Whether the cell's class defines its own ``forward`` (then the runner steps with it)."""
+    return type(cell).forward is not RecurrentCell.forward
+
+
 def run_cell(
-    cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None = None, reverse: bool = False
+    cell: RecurrentCell,
+    x: Tensor,
+    state: State,
+    mask: Tensor | None = None,
+    reverse: bool = False,
+    compile: bool = True,  # noqa: A002  (the layers' compile= flag)
+    checkpoint: int | None = None,
 ) -> tuple[Tensor, State]:
     """Run one cell over x of shape (T, batch, input) from ``state``.
 
+    With a ``mask`` (T, batch, 1) of booleans, a sequence's state is carried unchanged
+    past its end and its outputs there are zero. Returns the outputs (T, batch, hidden)
+    and the final state. ``compile=True`` runs the whole loop as one ``tl.scan`` node
+    (``checkpoint`` passed on); ``compile=False`` records every op of every step.
+    """
+    if compile:
+        return _scan_cell(cell, x, state, mask, reverse, checkpoint)
+    return _record_every_step(cell, x, state, mask, reverse)
+
+
+def _scan_cell(
+    cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None, reverse: bool, checkpoint: int | None
+) -> tuple[Tensor, State]:
+    """The loop over time as ``tl.scan``: the step is traced once and replayed T times.
+
+    The input projection of all steps is one matmul before the loop, unless the cell
+    steps through its own ``forward`` or ``checkpoint`` asks for memory over speed (then
+    each step projects its own x_t, and only the raw inputs are kept).
+    """
+    own_forward = overrides_forward(cell)
+    hoisted = not own_forward and checkpoint is None
+    inputs = cell.project_input(x) if hoisted else x
+
+    def advance(state: State, x_t: Tensor) -> State:
+        if own_forward:
+            return cell(x_t, state)
+        return cell.step(x_t if hoisted else cell.project_input(x_t), state)
+
+    def step(state: State, step_inputs: Any) -> tuple[State, Tensor]:
+        if mask is None:
+            new_state = advance(state, step_inputs)
+            return new_state, cell.output(new_state)
+        x_t, alive = step_inputs
+        new_state = _zip_state(lambda new, old: where(alive, new, old), advance(state, x_t), state)
+        return new_state, where(alive, cell.output(new_state), 0.0)
+
+    final, outputs = scan(
+        step, state, inputs if mask is None else (inputs, mask), reverse=reverse, checkpoint=checkpoint
+    )
+    return outputs, final
+
+
+def _record_every_step(
+    cell: RecurrentCell, x: Tensor, state: State, mask: Tensor | None, reverse: bool
+) -> tuple[Tensor, State]:
+    """The loop over time written out: every op of every step is a node of the graph.
+
     The input-only work (``cell.project_input``) is done for ``PROJECTION_BLOCK`` steps
     at a time and taken apart by time with one ``unbind`` node per block, whose VJP is
-    a single stack (so BPTT stays linear in T). With a ``mask`` (T, batch, 1) of
-    booleans, a sequence's state is carried unchanged past its end and its outputs
-    there are zero. Returns the outputs (T, batch, hidden) and the final state.
+    a single stack (so BPTT stays linear in T).
     """
+    own_forward = overrides_forward(cell)
     length = x.shape[0]
     blocks = x.split(PROJECTION_BLOCK, axis=0) if length > PROJECTION_BLOCK else (x,)
     alive = mask.unbind(0) if mask is not None else None
@@ -205,10 +265,10 @@ def run_cell(
     outputs: list[Tensor | None] = [None] * length
     for block_index in range(len(blocks) - 1, -1, -1) if reverse else range(len(blocks)):
         first = block_index * PROJECTION_BLOCK
-        steps = cell.project_input(blocks[block_index]).unbind(0)
+        steps = (blocks[block_index] if own_forward else cell.project_input(blocks[block_index])).unbind(0)
         for offset in range(len(steps) - 1, -1, -1) if reverse else range(len(steps)):
             t = first + offset
-            new_state = cell.step(steps[offset], state)
+            new_state = cell(steps[offset], state) if own_forward else cell.step(steps[offset], state)
             if alive is None:
                 state = new_state
                 outputs[t] = cell.output(state)
@@ -222,9 +282,14 @@ class Recurrent(Module):
     """Any cell, run over sequences: stacked layers, both directions, variable lengths.
 
     ``Recurrent(make_cell, input_size, hidden_size, num_layers=1, bidirectional=False,
-    batch_first=False, dropout=0.0)``: ``make_cell(in_size, hidden_size)`` builds one
-    cell following the cell protocol. Each cell's parameters are registered on this
-    layer as ``{name}_l{k}`` (and ``{name}_l{k}_reverse``), PyTorch's naming.
+    batch_first=False, dropout=0.0, compile=True, checkpoint=None)``:
+    ``make_cell(in_size, hidden_size)`` builds one cell following the cell protocol.
+    Each cell's parameters are registered on this layer as ``{name}_l{k}`` (and
+    ``{name}_l{k}_reverse``), PyTorch's naming. ``compile=True`` runs each layer and
+    direction over time as one ``tl.scan`` node (the step traced once, replayed T
+    times); ``compile=False`` records every op of every step (for teaching, and for
+    tools that look at single ops). ``checkpoint=k`` (compiled only) keeps every k-th
+    state for backward and recomputes the steps between: memory for time.
 
     ``layer(x, state=None, lengths=None)``: x is (T, batch, input) — (batch, T, input)
     with ``batch_first`` — and ``state`` the initial state with a leading
@@ -244,8 +309,18 @@ class Recurrent(Module):
         bidirectional: bool = False,
         batch_first: bool = False,
         dropout: float = 0.0,
+        compile: bool = True,  # noqa: A002  (as torch.compile: run the loop compiled)
+        checkpoint: int | None = None,
     ):
         super().__init__()
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {compile!r}")
+        if checkpoint is not None:
+            if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
+                raise ValueError(f"checkpoint must be a positive int (steps between kept states), got {checkpoint!r}")
+            if not compile:
+                raise ValueError("checkpoint needs compile=True: it recomputes steps of the compiled loop")
+        self.compile, self.checkpoint = compile, checkpoint
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if not 0.0 <= dropout <= 1.0:
@@ -300,6 +375,8 @@ class Recurrent(Module):
             x = x.transpose(1, 0, 2)
         steps, batch = x.shape[0], x.shape[1]
         mask = self._mask(lengths, steps, batch, x.device)
+        if mask is not None:  # padded steps compute from zeros, so whatever padding holds never reaches a gradient
+            x = where(mask, x, 0.0)
         initial = self._initial_states(state, batch, x)
         finals = []
         layer_input = x
@@ -309,7 +386,9 @@ class Recurrent(Module):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                output, final = run_cell(self.cells[index], layer_input, initial[index], mask, reverse=direction == 1)
+                output, final = run_cell(
+                    self.cells[index], layer_input, initial[index], mask, direction == 1, self.compile, self.checkpoint
+                )
                 outputs.append(output)
                 finals.append(final)
             layer_input = outputs[0] if len(outputs) == 1 else concatenate(outputs, axis=2)
@@ -370,6 +449,10 @@ class Recurrent(Module):
             extras.append("batch_first=True")
         if self.dropout:
             extras.append(f"dropout={self.dropout}")
+        if not self.compile:
+            extras.append("compile=False")
+        if self.checkpoint is not None:
+            extras.append(f"checkpoint={self.checkpoint}")
         return ", ".join(extras)
 
 
@@ -388,6 +471,8 @@ class _BuiltinLayer(Recurrent):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        compile: bool = True,  # noqa: A002
+        checkpoint: int | None = None,
         dtype: Any = float32,
         device: str | None = None,
         **cell_options: Any,
@@ -395,7 +480,9 @@ class _BuiltinLayer(Recurrent):
         def make_cell(cell_input: int, cell_hidden: int) -> _GatedCell:
             return self.cell_class(cell_input, cell_hidden, bias, **cell_options, dtype=dtype, device=device)
 
-        super().__init__(make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout)
+        super().__init__(
+            make_cell, input_size, hidden_size, num_layers, bidirectional, batch_first, dropout, compile, checkpoint
+        )
 
 
 class RNN(_BuiltinLayer):

@@ -12,7 +12,8 @@ from .autograd import backward, grad, sum_to
 from .backend import DeviceError, get_array_module, register_device, set_default_device
 from .backend import default_device as get_default_device
 from .creation import arange, full, manual_seed, ones, ones_like, rand, randn, zeros, zeros_like
-from .function import Context, Function, is_grad_enabled, no_grad, set_grad_enabled
+from .function import Context, Function, TraceError, is_grad_enabled, no_grad, set_grad_enabled
+from .scan import compile, scan  # noqa: A004  (tl.compile, as torch.compile)
 from .tensor import Tensor, as_dtype, bool_, cat, float32, float64, int64, linear, matmul, maximum, stack, where
 
 
@@ -51,6 +52,7 @@ __all__ = [
     "DeviceError",
     "Function",
     "Tensor",
+    "TraceError",
     "abs",
     "arange",
     "as_dtype",
@@ -59,6 +61,7 @@ __all__ = [
     "cat",
     "chunk",
     "clip",
+    "compile",
     "exp",
     "expand",
     "float32",
@@ -86,6 +89,7 @@ __all__ = [
     "register_device",
     "relu",
     "reshape",
+    "scan",
     "set_default_device",
     "set_grad_enabled",
     "sigmoid",

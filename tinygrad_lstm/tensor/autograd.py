@@ -105,6 +105,14 @@ def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
         node.owned[index] = True
 
 
+_retaining = False  # whether the running backward pass keeps the graph (retain_graph=True)
+
+
+def retaining_graph() -> bool:
+    """True while a backward pass with ``retain_graph=True`` runs (ops that free as they go ask)."""
+    return _retaining
+
+
 def run_backward(
     roots: Sequence[Tensor],
     grads: Sequence[Any],
@@ -155,9 +163,14 @@ def run_backward(
             _accumulate_into_node(root._node, root._output_index, grad)
             root_nodes.append(root._node)
 
+    global _retaining
     with no_grad():
         if root_nodes:
-            _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results)
+            previous, _retaining = _retaining, retain_graph
+            try:
+                _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results)
+            finally:
+                _retaining = previous
 
     for leaf, grad, owned in leaf_grads.values():
         if capture is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from .function import check_not_tracing
 from .tensor import Tensor, as_dtype, float32, int64
 
 _generator = np.random.default_rng()
@@ -82,12 +83,14 @@ def ones_like(t: Tensor, dtype: Any = None, requires_grad: bool = False) -> Tens
 
 def randn(*shape: Any, dtype: Any = float32, device: str | None = None, requires_grad: bool = False) -> Tensor:
     """Standard normal samples."""
+    check_not_tracing("tl.randn (random numbers)")
     array = _generator.standard_normal(_shape(shape)).astype(as_dtype(dtype))
     return _from_host(array, device, requires_grad)
 
 
 def rand(*shape: Any, dtype: Any = float32, device: str | None = None, requires_grad: bool = False) -> Tensor:
     """Uniform samples from [0, 1)."""
+    check_not_tracing("tl.rand (random numbers)")
     array = _generator.random(_shape(shape)).astype(as_dtype(dtype))
     return _from_host(array, device, requires_grad)
 

@@ -60,6 +60,31 @@ def no_grad():
     return set_grad_enabled(False)
 
 
+class TraceError(RuntimeError):
+    """Something inside a traced function (``tl.scan``, ``tl.compile``) cannot be traced."""
+
+
+# The tracer writing a tape right now (tensor/scan.py), or None: then ``apply`` is eager.
+tracer = None
+
+
+def set_tracer(new_tracer):
+    """Make ``new_tracer`` (or None) the active tracer; returns the previous one (tracing nests)."""
+    global tracer
+    previous, tracer = tracer, new_tracer
+    return previous
+
+
+def check_not_tracing(what: str) -> None:
+    """Raise ``TraceError`` if a function is being traced: ``what`` would freeze a value into the tape."""
+    if tracer is not None:
+        raise TraceError(
+            f"{what} inside {tracer.name}: the traced function runs once to record its ops, so this "
+            "value would be frozen into the trace. Move it outside the traced function, or run "
+            "without tracing (compile=False for nn layers, a Python loop instead of tl.scan)"
+        )
+
+
 class Context:
     """What one application of a Function remembers for its backward pass.
 
@@ -144,6 +169,8 @@ class Function:
         An input's edge says where its gradient goes: the leaf Tensor itself, its
         creator ``(node, output_index)``, or None (not a Tensor, or no gradient wanted).
         """
+        if tracer is not None:
+            return tracer.record(cls, args, kwargs)
         device = None
         requires_grad = False
         arrays, edges, needs = [], [], []

@@ -118,7 +118,7 @@ class Maximum(Function):
 
 
 class Where(Function):
-    """y = a where condition else b;  VJP: (g · condition, g · ¬condition)."""
+    """y = a where condition else b;  VJP: (g · condition, g · ¬condition, none for the condition)."""
 
     @staticmethod
     def forward(ctx, a, b, condition):
@@ -128,7 +128,7 @@ class Where(Function):
     @staticmethod
     def backward(ctx, g):
         zero = ctx.xp.zeros((), dtype=g.dtype)
-        return ctx.xp.where(ctx.condition, g, zero), ctx.xp.where(ctx.condition, zero, g)
+        return ctx.xp.where(ctx.condition, g, zero), ctx.xp.where(ctx.condition, zero, g), None
 
 
 class MatMul(Function):
@@ -365,6 +365,31 @@ class ToDevice(Function):
     @staticmethod
     def backward(ctx, g):
         return backend.to_device(g, ctx.output_device, ctx.source_device)
+
+
+class Compare(Function):
+    """y = compare(a, b) for ==, <, ... (boolean);  no gradient. Eager comparisons skip the
+    graph altogether; a trace records them as this op, so the result follows each step."""
+
+    @staticmethod
+    def forward(ctx, a, b, compare):
+        return compare(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, None
+
+
+class Detach(Function):
+    """y = x, cut from the graph;  no gradient. How a trace records ``.detach()``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return None
 
 
 # ----------------------------------------------------------------- reductions

@@ -11,6 +11,7 @@ forward and its vector-Jacobian product stand side by side.
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,8 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None):
         dtype = None if dtype is None else as_dtype(dtype)
         if isinstance(data, Tensor):
+            if _function.tracer is not None and _function.tracer.is_traced_value(data):
+                _function.check_not_tracing("Tensor(t), a copy of a traced value,")
             source_device, array = data.device, data.data
         else:
             source_device = backend.device_of_array(data)
@@ -150,17 +153,25 @@ class Tensor:
     # ------------------------------------------------------------------ to host
     def numpy(self) -> np.ndarray:
         """A host NumPy copy of the data (works for any device)."""
+        if _function.tracer is not None:
+            _function.check_not_tracing(".numpy()")
         return np.array(backend.to_host(self.data, self.device), copy=True)
 
     def item(self) -> Any:
+        if _function.tracer is not None:
+            _function.check_not_tracing(".item()")
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.numpy().reshape(()).item()
 
     def tolist(self) -> Any:
+        if _function.tracer is not None:
+            _function.check_not_tracing(".tolist()")
         return self.numpy().tolist()
 
     def __array__(self, dtype=None, copy=None):
+        if _function.tracer is not None:
+            _function.check_not_tracing("numpy.asarray(t)")
         if self.device != "cpu":
             raise TypeError(
                 f"cannot convert a {self.device!r} tensor to NumPy implicitly; call .numpy() to copy it to the host"
@@ -168,6 +179,8 @@ class Tensor:
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __bool__(self) -> bool:
+        if _function.tracer is not None:
+            _function.check_not_tracing("bool(t) (an if or while on a tensor)")
         if self.size != 1:
             raise ValueError(
                 f"the truth value of a tensor with shape {self.shape} is ambiguous; "
@@ -176,12 +189,18 @@ class Tensor:
         return bool(self.item())
 
     def __float__(self) -> float:
+        if _function.tracer is not None:
+            _function.check_not_tracing("float(t)")
         return float(self.item())
 
     def __int__(self) -> int:
+        if _function.tracer is not None:
+            _function.check_not_tracing("int(t)")
         return int(self.item())
 
     def __repr__(self) -> str:
+        if _function.tracer is not None:  # printing inside a traced function: no values to show
+            return f"Tensor(<traced>, shape={self.shape}, dtype={self.dtype})"
         body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=20, prefix="Tensor(")
         extras = [f"dtype={self.dtype}"]
         if self.device != "cpu":
@@ -206,6 +225,9 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph (shares memory, never requires grad)."""
+        if _function.tracer is not None:  # while tracing, a recorded op: its value changes per step
+            with _function.no_grad():
+                return _ops.Detach.apply(self)
         return Tensor._make(self.data, self.device)
 
     def retain_grad(self) -> Tensor:
@@ -249,6 +271,9 @@ class Tensor:
         if dtype == self.dtype:
             return self
         if self.requires_grad and dtype.kind not in "fc":
+            if _function.tracer is not None:  # while tracing, a recorded op without gradient
+                with _function.no_grad():
+                    return _ops.Cast.apply(self, dtype=dtype)
             return Tensor._make(self.data.astype(dtype), self.device)
         return _ops.Cast.apply(self, dtype=dtype)
 
@@ -326,26 +351,30 @@ class Tensor:
                 raise backend.DeviceError(
                     f"comparison of tensors on different devices, {self.device!r} and {other.device!r}"
                 )
+        if _function.tracer is not None:  # while tracing, a recorded op without gradient
+            with _function.no_grad():
+                return _ops.Compare.apply(self, other, compare=compare)
+        if isinstance(other, Tensor):
             other = other.data
         return Tensor._make(compare(self.data, other), self.device)
 
     def __eq__(self, other):  # type: ignore[override]
-        return self._compare(other, lambda a, b: a == b)
+        return self._compare(other, operator.eq)
 
     def __ne__(self, other):  # type: ignore[override]
-        return self._compare(other, lambda a, b: a != b)
+        return self._compare(other, operator.ne)
 
     def __lt__(self, other):
-        return self._compare(other, lambda a, b: a < b)
+        return self._compare(other, operator.lt)
 
     def __le__(self, other):
-        return self._compare(other, lambda a, b: a <= b)
+        return self._compare(other, operator.le)
 
     def __gt__(self, other):
-        return self._compare(other, lambda a, b: a > b)
+        return self._compare(other, operator.gt)
 
     def __ge__(self, other):
-        return self._compare(other, lambda a, b: a >= b)
+        return self._compare(other, operator.ge)
 
     # -------------------------------------------------------------- elementwise
     def exp(self):
@@ -552,6 +581,8 @@ def _index_arg(index: Any, tensor: Tensor) -> Any:
                 raise backend.DeviceError(
                     f"index tensor is on {part.device!r} but the indexed tensor on {tensor.device!r}"
                 )
+            if _function.tracer is not None and _function.tracer.is_traced_value(part):
+                _function.check_not_tracing("indexing with a traced tensor")
             part = part.data
         elif isinstance(part, list):
             part = backend.get_device(tensor.device).from_host(np.asarray(part))
@@ -642,7 +673,7 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
         raise backend.DeviceError(f"where: the condition is on {condition.device!r} but the values on {device!r}")
     if condition.dtype.kind != "b":
         raise TypeError(f"where: the condition must be boolean, got {condition.dtype}")
-    return _ops.Where.apply(a, b, condition=condition.data)
+    return _ops.Where.apply(a, b, condition)
 
 
 def _check_same_kind(tensors: Any, name: str) -> list[Tensor]:
@@ -679,4 +710,5 @@ def stack(tensors: Any, axis: int = 0) -> Tensor:
     return _ops.Stack.apply(*tensors, axis=axis % ndim)
 
 
+from . import function as _function  # noqa: E402  (the tracer hook: function.py needs Tensor too)
 from . import ops as _ops  # noqa: E402  (ops need the Tensor class defined above)

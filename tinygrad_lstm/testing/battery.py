@@ -29,6 +29,7 @@ from ..tensor import cat as tl_cat
 from ..tensor import grad as tl_grad
 from ..tensor import stack as tl_stack
 from ..tensor import where as tl_where
+from ..tensor.scan import traced_ops
 from .gradcheck import GradcheckReport, check_gradients
 
 Built = tuple[Callable[..., Any], tuple[Any, ...], list[str]]
@@ -419,9 +420,49 @@ def _recurrent_checks() -> list[Check]:
     ]
 
 
+def _compiled_checks() -> list[Check]:
+    """tl.scan and tl.compile: the tape replays the primitives' own VJPs, checked end to end."""
+
+    def scan_rnn(reverse: bool, checkpoint: int | None) -> Callable[[Rng, str | None], Built]:
+        def build(rng: Rng, device: str | None) -> Built:
+            xs = _tensor(_normal(rng, 4, 2, 3), device)
+            h0 = _tensor(_normal(rng, 2, 3), device)
+            weight = _tensor(_normal(rng, 3, 3), device)
+
+            def step(h: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+                h = tensor_module.linear(h, weight, x).tanh()
+                return h, h * 2.0
+
+            def fn(xs: Tensor, h0: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+                return scan(step, h0, xs, reverse=reverse, checkpoint=checkpoint)
+
+            return fn, (xs, h0, weight), ["xs", "init", "weight (read by the step)"]
+
+        return build
+
+    def compiled_mask(rng: Rng, device: str | None) -> Built:
+        x = _tensor(_away_from_zero(rng, 3, 4), device)
+        # logsumexp detaches its shift (the gradient is unchanged): a Detach op on the tape
+        fn = compile_function(lambda x: tl_where(x > 0, x * x, x * 0.5).logsumexp(axis=1))
+        return fn, (x,), ["x"]
+
+    from .. import tensor as tensor_module
+    from ..tensor import compile as compile_function
+    from ..tensor import scan
+
+    return [
+        Check("tl.scan (an RNN step, weight captured)", "compiled", ("scan",), scan_rnn(False, None)),
+        Check("tl.scan reverse, checkpoint=2", "compiled", ("scan",), scan_rnn(True, 2)),
+        Check("tl.compile (comparison, where, logsumexp)", "compiled", ("compile",), compiled_mask),
+    ]
+
+
 def battery() -> list[Check]:
-    """Every check, in the order the table shows them: ops, functions, layers, cells, recurrent layers."""
-    return [*_op_checks(), *_function_checks(), *_layer_checks(), *_cell_checks(), *_recurrent_checks()]
+    """Every check, in the order the table shows them: ops, functions, layers, cells, recurrent layers, compiled."""
+    return [
+        *_op_checks(), *_function_checks(), *_layer_checks(), *_cell_checks(), *_recurrent_checks(),
+        *_compiled_checks(),
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------------ running
@@ -444,6 +485,7 @@ def graph_primitives(outputs: Iterable[Tensor]) -> set[str]:
             continue
         seen.add(id(node))
         names.add(node.name)
+        names.update(op.function.__name__ for op in traced_ops(node))  # a scan/compile node's tape
         stack.extend(edge[0] for edge in node.edges if isinstance(edge, tuple))
     return names
 

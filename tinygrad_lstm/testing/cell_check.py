@@ -277,7 +277,12 @@ def _contract_checks(make_cell, layer, config, x, state, rng) -> list[str]:
         state32 = (
             None if state is None else _pack(tuple(Tensor(p.numpy(), dtype=float32) for p in state_parts(state)), state)
         )
-        output, final = layer32(x32, state32)
+        try:
+            output, final = layer32(x32, state32)
+        except TypeError as error:  # the compiled loop refuses a carry whose dtype changes
+            if "carry" not in str(error):
+                raise
+            raise _Broken(f"in a float32 run, a float64 value leaks into the cell's state ({error})") from None
         for name, tensor in [
             ("output", output),
             *((f"final state part {k}", p) for k, p in enumerate(state_parts(final))),
@@ -318,7 +323,33 @@ def _contract_checks(make_cell, layer, config, x, state, rng) -> list[str]:
                     node = tensor.grad_fn.name if tensor.grad_fn is not None else "requires_grad=True"
                     raise _Broken(f"under no_grad() an output of {where} still has a graph ({node})")
 
+    def compiled_equals_eager() -> None:
+        results = []
+        for compiled in (True, False):
+            layer.compile = compiled
+            for parameter in layer.parameters():
+                parameter.grad = None
+            x_copy = Tensor(x.numpy(), dtype=x.dtype, requires_grad=True)
+            output, final = layer(x_copy, state)
+            ProjectionLoss(0)((output, final)).backward()
+            values = [output, *state_parts(final), x_copy.grad, *(p.grad for p in layer.parameters())]
+            results.append([None if v is None else v.numpy() for v in values])
+        layer.compile = True
+        for parameter in layer.parameters():
+            parameter.grad = None
+        for index, (compiled, eager) in enumerate(zip(*results)):
+            if (compiled is None) != (eager is None) or (
+                compiled is not None and not np.allclose(compiled, eager, rtol=1e-9, atol=1e-12)
+            ):
+                difference = "missing" if compiled is None or eager is None else np.abs(compiled - eager).max()
+                raise _Broken(
+                    f"the compiled layer (tl.scan, the default) and compile=False differ in value {index} "
+                    f"(max difference {difference}): the step does something a trace cannot see, such as "
+                    "reading .data or keeping Python state between steps"
+                )
+
     check("initial_state", initial_state)
+    check("compiled", compiled_equals_eager)
     check("step", step_keeps_state)
     check("float32", float32_stays_float32)
     check("determinism", deterministic)
@@ -346,16 +377,22 @@ def _diagnose(example: _Example, report: CellCheckReport, eps, atol, rtol, seed)
             "differences measure the noise; fix the determinism contract first"
         )
         return
+    # The check ran the layer as users run it (compiled: one node per loop). To name the
+    # op, gate and step, the same layer, same weights, records every op of every step.
+    compiled, example.layer.compile = example.layer.compile, False
     try:
-        example.gradcheck.localization = localize_ops(example.fn, example.inputs, eps=eps, atol=atol, rtol=rtol)
-    except Exception as error:
-        report.notes.append(f"could not localise the op: {_describe_error(error)}")
-    try:
-        report.recurrent = recurrent_report(
-            example.layer, example.x, example.state, eps=eps, atol=atol, rtol=rtol, seed=seed
-        )
-    except Exception as error:
-        report.notes.append(f"could not break the error down by time step and gate: {_describe_error(error)}")
+        try:
+            example.gradcheck.localization = localize_ops(example.fn, example.inputs, eps=eps, atol=atol, rtol=rtol)
+        except Exception as error:
+            report.notes.append(f"could not localise the op: {_describe_error(error)}")
+        try:
+            report.recurrent = recurrent_report(
+                example.layer, example.x, example.state, eps=eps, atol=atol, rtol=rtol, seed=seed
+            )
+        except Exception as error:
+            report.notes.append(f"could not break the error down by time step and gate: {_describe_error(error)}")
+    finally:
+        example.layer.compile = compiled
 
 
 def check_cell(

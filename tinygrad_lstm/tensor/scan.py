@@ -1,0 +1,806 @@
+"""``tl.scan`` and ``tl.compile``: trace a function once, replay it as one node of the graph.
+
+``carry, ys = tl.scan(fn, init, xs)`` means exactly this loop (JAX's ``lax.scan``)::
+
+    carry, ys = init, []
+    for t in range(len(xs)):            # along axis 0 of xs
+        carry, y = fn(carry, xs[t])
+        ys.append(y)
+    ys = tl.stack(ys)
+
+Written out, that loop records every op of every step: T × (ops per step) graph nodes,
+each with its Python bookkeeping. ``scan`` records one node for the whole loop:
+
+1. **trace**: ``fn`` runs once, on the first step's values, while the engine writes
+   each primitive it applies (which ``Function``, which inputs, its keyword
+   configuration, which outputs) on a *tape*. Tensors ``fn`` reads without receiving
+   them (a module's parameters, closed-over tensors) become implicit inputs of the tape.
+2. **replay forward**: the tape runs T times on raw arrays, calling each op's own
+   ``forward`` with a fresh ``Context`` per step, which keeps what the op's ``backward``
+   will need (``checkpoint=k`` keeps only every k-th carry instead).
+3. **replay backward**: the tape's VJPs run in reverse, over time in reverse; the
+   carry's gradient flows from step t to step t-1. A loop-invariant weight of a
+   ``Linear`` or ``MatMul`` gets its gradient from one VJP call on the stacked steps:
+   ``Σ_t g_tᵀ x_t = Gᵀ X``, one large matmul instead of T skinny ones.
+
+The tape holds the very primitives of eager mode and calls their very VJPs: there is
+one derivative rule per op, so every gradient check of a primitive covers compiled code.
+``tl.compile(fn)`` is the same tracer for a function called once per call: one node per
+call, the trace cached per input signature.
+
+Tracing runs ``fn`` on real values, but records only what goes through ``Function``:
+reading a value into Python (``.item()``, ``bool(t)``, ``.numpy()``) or drawing random
+numbers inside ``fn`` would freeze one step's value into the tape, so it raises
+:class:`TraceError` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import autograd, backend, function
+from .autograd import sum_to
+from .function import Context, Function, TraceError, is_grad_enabled
+from .tensor import Tensor
+
+# --------------------------------------------------------------------------- the tape
+
+
+@dataclass
+class TapeOp:
+    """One primitive application on the tape.
+
+    ``slots[i]`` is the value slot of positional argument i, or -1 for a constant
+    (then ``constants[i]`` holds it); ``outputs`` are the slots the op writes.
+    ``needs[i]``: input i wants a gradient. ``step_needs``: the same, less the inputs
+    whose gradient is summed over all steps at once (``deferred``).
+    """
+
+    function: type[Function]
+    device: str
+    slots: tuple[int, ...]
+    constants: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    outputs: tuple[int, ...]
+    multi_output: bool
+    needs: tuple[bool, ...]
+    wrap_scalars: bool  # forward returned a scalar (NumPy's 0-d reductions): make it an array
+    step_needs: tuple[bool, ...] = ()
+    deferred: tuple[int, ...] = ()
+
+    @property
+    def records(self) -> bool:
+        """Whether the op's Context is kept for backward (some input wants a gradient)."""
+        return any(self.needs)
+
+
+@dataclass
+class Tape:
+    """A traced function: its ops, and where its inputs and outputs live among the slots.
+
+    Every value the function computes or reads has a slot; ``meta[slot]`` is its
+    (shape, dtype). Slots of the explicit inputs come first, then the implicit ones
+    (``captured``: the Tensors themselves, read afresh at every replay).
+    """
+
+    device: str
+    xp: Any
+    meta: list[tuple[tuple[int, ...], Any]]
+    requires: list[bool]
+    input_slots: list[int]
+    captured: list[Tensor]
+    captured_slots: list[int]
+    ops: list[TapeOp]
+    output_slots: list[int] = field(default_factory=list)
+
+    @property
+    def recording_ops(self) -> list[tuple[int, TapeOp]]:
+        return [(index, op) for index, op in enumerate(self.ops) if op.records]
+
+
+def traced_ops(node: Context) -> list[TapeOp]:
+    """The tape ops inside a ``Scan`` or ``Compiled`` graph node (for tools that list ops); [] otherwise."""
+    holder = getattr(node, "loop", None) or getattr(node, "program", None)
+    return list(holder.tape.ops) if holder is not None else []
+
+
+# ------------------------------------------------------------------------- the tracer
+
+
+class Tracer:
+    """Writes the tape while a function runs: ``Function.apply`` calls :meth:`record`.
+
+    Values are known by the identity of the Tensors that hold them; every Tensor seen is
+    kept alive until tracing ends, so no identity is reused meanwhile.
+    """
+
+    def __init__(self, name: str):
+        self.name = name  # what is being traced, for error messages
+        self.slot_of: dict[int, int] = {}
+        self.alive: list[Tensor] = []
+        self.meta: list[tuple[tuple[int, ...], Any]] = []
+        self.requires: list[bool] = []
+        self.devices: set[str] = set()
+        self.captured: list[Tensor] = []
+        self.captured_slots: list[int] = []
+        self.ops: list[TapeOp] = []
+
+    def _new_slot(self, tensor: Tensor, requires: bool) -> int:
+        slot = len(self.meta)
+        self.slot_of[id(tensor)] = slot
+        self.alive.append(tensor)
+        self.meta.append((tensor.shape, tensor.dtype))
+        self.requires.append(requires)
+        self.devices.add(tensor.device)
+        return slot
+
+    def input(self, value: Tensor, requires: bool | None = None) -> Tensor:
+        """A stand-in for an explicit input: same values, no graph, its own slot.
+
+        It wants a gradient if ``value`` does, or if ``requires`` says so (a carry
+        that starts constant but depends on what requires grad after one step).
+        """
+        requires = (value.requires_grad if requires is None else requires) and is_grad_enabled()
+        stand_in = Tensor._make(value.data, value.device, requires_grad=requires)
+        self._new_slot(stand_in, requires)
+        return stand_in
+
+    def slot(self, tensor: Tensor) -> int:
+        """The slot of a tensor; one never seen before is an implicit input."""
+        slot = self.slot_of.get(id(tensor))
+        if slot is None:
+            slot = self._new_slot(tensor, tensor.requires_grad and is_grad_enabled())
+            self.captured.append(tensor)
+            self.captured_slots.append(slot)
+        return slot
+
+    def is_traced_value(self, tensor: Tensor) -> bool:
+        """True for a value computed from the inputs while tracing (not a constant)."""
+        slot = self.slot_of.get(id(tensor))
+        return slot is not None and slot not in self.captured_slots
+
+    def record(self, cls: type[Function], args: tuple, kwargs: dict) -> Any:
+        """Apply ``cls`` as ``Function.apply`` would, and write the application on the tape."""
+        slots, constants, arrays, needs = [], [], [], []
+        device = None
+        grad_enabled = is_grad_enabled()
+        for arg in args:
+            if isinstance(arg, Tensor):
+                if device is None:
+                    device = arg.device
+                elif arg.device != device:
+                    raise backend.DeviceError(
+                        f"{cls.__name__}: inputs are on different devices, {device!r} and {arg.device!r}"
+                    )
+                slot = self.slot(arg)
+                slots.append(slot)
+                constants.append(None)
+                arrays.append(arg.data)
+                needs.append(grad_enabled and self.requires[slot])
+            else:
+                slots.append(-1)
+                constants.append(arg)
+                arrays.append(arg)
+                needs.append(False)
+        target = backend.get_device(device or backend.default_device())
+        ctx = Context(cls, target.xp, target.name)
+        output = cls.forward(ctx, *arrays, **kwargs)
+        multi_output = type(output) is tuple
+        requires = any(needs)
+        results, output_slots, wrap_scalars = [], [], False
+        output_device = backend.get_device(ctx.output_device)
+        for array in output if multi_output else (output,):
+            if not isinstance(array, output_device.array_type):
+                array, wrap_scalars = output_device.xp.asarray(array), True
+            tensor = Tensor._make(array, output_device.name, requires_grad=requires)
+            output_slots.append(self._new_slot(tensor, requires))
+            results.append(tensor)
+        needs_tuple = tuple(needs)
+        self.ops.append(
+            TapeOp(
+                cls, target.name, tuple(slots), tuple(constants), dict(kwargs), tuple(output_slots),
+                multi_output, needs_tuple, wrap_scalars, step_needs=needs_tuple,
+            )
+        )  # fmt: skip
+        return tuple(results) if multi_output else results[0]
+
+    def tape(self, input_slots: list[int], output_slots: list[int]) -> Tape:
+        if len(self.devices) > 1:
+            raise TraceError(
+                f"{self.name}: the traced function uses tensors on several devices "
+                f"({sorted(self.devices)}); move them to one device first"
+            )
+        device = next(iter(self.devices)) if self.devices else backend.default_device()
+        return Tape(
+            device, backend.get_array_module(device), self.meta, self.requires, input_slots,
+            self.captured, self.captured_slots, self.ops, output_slots,
+        )  # fmt: skip
+
+
+def trace(
+    name: str, fn: Callable[..., Any], inputs: Sequence[Tensor], requires: Sequence[bool | None] | None = None
+) -> tuple[list[Tensor], Any, Tracer]:
+    """Run ``fn(*stand_ins)`` once under a tracer; return the stand-ins, fn's result and the tracer.
+
+    The caller turns the result into output slots (:meth:`Tracer.slot`) and calls
+    :meth:`Tracer.tape`. Tracing nests: a ``scan`` inside a compiled function is traced
+    on its own, then recorded as one op of the outer tape.
+    """
+    tracer = Tracer(name)
+    requires = requires or [None] * len(inputs)
+    stand_ins = [tracer.input(value, wants) for value, wants in zip(inputs, requires)]
+    outer = function.set_tracer(tracer)
+    try:
+        result = fn(*stand_ins)
+    finally:
+        function.set_tracer(outer)
+    return stand_ins, result, tracer
+
+
+# ------------------------------------------------------------------ replay: forward
+
+
+def run_forward(tape: Tape, values: list[Any], keep: bool) -> list[Context] | None:
+    """Run every op of the tape once on the arrays in ``values`` (filled in place).
+
+    With ``keep``, returns the Context of each op that backward will visit, in tape
+    order; these hold exactly what the ops' VJPs saved.
+    """
+    contexts = [] if keep else None
+    xp = tape.xp
+    for op in tape.ops:
+        ctx = Context(op.function, xp, op.device)
+        arguments = [values[slot] if slot >= 0 else constant for slot, constant in zip(op.slots, op.constants)]
+        output = op.function.forward(ctx, *arguments, **op.kwargs)
+        if op.multi_output:
+            for slot, array in zip(op.outputs, output):
+                values[slot] = array
+        else:
+            values[op.outputs[0]] = output
+        if op.wrap_scalars:
+            for slot in op.outputs:
+                values[slot] = xp.asarray(values[slot])
+        if keep and op.records:
+            ctx.needs_input_grad = op.step_needs
+            contexts.append(ctx)
+    return contexts
+
+
+# ----------------------------------------------------------------- replay: backward
+
+
+def run_backward(tape: Tape, contexts: list[Context], grads: list[Any], on_deferred: Callable | None = None) -> None:
+    """Run the VJPs of one replayed step in reverse tape order.
+
+    ``grads`` holds a gradient (or None) per slot, seeded at the outputs; on return it
+    holds the gradient of every input slot. ``on_deferred(op_index, ctx, grad)`` receives
+    the output gradient of each op with deferred inputs (summed over steps later).
+    """
+    meta = tape.meta
+    position = len(contexts)
+    for index in range(len(tape.ops) - 1, -1, -1):
+        op = tape.ops[index]
+        if not op.records:
+            continue
+        position -= 1
+        ctx = contexts[position]
+        output_grads = [grads[slot] for slot in op.outputs]
+        if op.multi_output:
+            if all(grad is None for grad in output_grads):
+                continue
+            output_grads = [
+                tape.xp.zeros(*meta[slot]) if grad is None else grad for slot, grad in zip(op.outputs, output_grads)
+            ]
+        elif output_grads[0] is None:
+            continue
+        if op.deferred and on_deferred is not None:
+            on_deferred(index, ctx, output_grads[0])
+        input_grads = op.function.backward(ctx, *output_grads)
+        if type(input_grads) is not tuple:
+            input_grads = (input_grads,)
+        if len(input_grads) != len(op.slots):
+            raise RuntimeError(
+                f"{op.function.__name__}.backward returned {len(input_grads)} gradients for "
+                f"{len(op.slots)} inputs; return one per forward input (None for no gradient)"
+            )
+        for slot, need, grad in zip(op.slots, op.step_needs, input_grads):
+            if need and grad is not None:
+                shape, dtype = meta[slot]
+                if grad.shape != shape or grad.dtype != dtype:
+                    grad = fit_gradient(grad, shape, dtype, op.function.__name__)
+                current = grads[slot]
+                grads[slot] = grad if current is None else current + grad
+
+
+def fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, name: str) -> Any:
+    """Undo broadcasting and cast, as the eager engine does after every VJP."""
+    if grad.shape != shape:
+        try:
+            grad = sum_to(grad, shape)
+        except ValueError:
+            raise RuntimeError(
+                f"{name}.backward returned a gradient of shape {grad.shape} for an input of shape {shape}"
+            ) from None
+    return grad.astype(dtype) if grad.dtype != dtype else grad
+
+
+class Accumulator:
+    """Gradients summed over steps into one buffer, added in place once the buffer is ours."""
+
+    def __init__(self, count: int):
+        self.grads: list[Any] = [None] * count
+        self.owned = [False] * count
+
+    def add(self, index: int, grad: Any) -> None:
+        if grad is None:
+            return
+        current = self.grads[index]
+        if current is None:
+            self.grads[index] = grad
+        elif self.owned[index]:
+            current += grad
+        else:
+            self.grads[index] = current + grad
+            self.owned[index] = True
+
+
+# ------------------------------------------------------ deferred weight gradients
+
+
+def mark_deferred(tape: Tape) -> None:
+    """Find the loop-invariant inputs whose gradient is one VJP over the stacked steps.
+
+    ``Linear(x, W, b)``'s VJP gives ``W`` the gradient ``gᵀ x`` and ``b`` the gradient
+    ``g``; summed over the steps of a loop that is ``Gᵀ X`` and ``Σ G``, with G and X the
+    per-step g and x stacked: the same VJP, called once on stacked arrays. The same holds
+    for ``MatMul(a, B)`` with 2-D a. So when W (or b, or B) is an implicit input of the
+    loop, the per-step VJP skips it and :func:`deferred_gradients` does it afterwards.
+    """
+    from . import ops
+
+    captured = set(tape.captured_slots)
+    for op in tape.ops:
+        if not op.records:
+            continue
+        if op.function is ops.Linear:
+            candidates = (1, 2)
+        elif op.function is ops.MatMul and len(tape.meta[op.slots[0]][0]) == 2 and len(tape.meta[op.slots[1]][0]) == 2:
+            candidates = (1,)
+        else:
+            continue
+        deferred = tuple(i for i in candidates if i < len(op.slots) and op.needs[i] and op.slots[i] in captured)
+        if deferred:
+            op.deferred = deferred
+            op.step_needs = tuple(need and i not in deferred for i, need in enumerate(op.needs))
+
+
+def deferred_gradients(tape: Tape, op_index: int, steps: list[tuple[Context, Any]]) -> list[tuple[int, Any]]:
+    """Gradients of one op's deferred inputs over ``steps`` (pairs of its Context and output gradient).
+
+    Calls the op's own VJP once, on the first input and the output gradient of every
+    step stacked along a new leading axis (rows of one matrix for ``MatMul``).
+    """
+    op = tape.ops[op_index]
+    xp = tape.xp
+    first_inputs = [ctx.saved_tensors[0] for ctx, _ in steps]
+    output_grads = [grad for _, grad in steps]
+    if op.function.__name__ == "MatMul":
+        stacked_input, stacked_grad = xp.concatenate(first_inputs), xp.concatenate(output_grads)
+    else:
+        stacked_input, stacked_grad = xp.stack(first_inputs), xp.stack(output_grads)
+    ctx = Context(op.function, xp, op.device)
+    ctx.saved_tensors = (stacked_input, *steps[0][0].saved_tensors[1:])
+    ctx.needs_input_grad = tuple(i in op.deferred for i in range(len(op.slots)))
+    input_grads = op.function.backward(ctx, stacked_grad)
+    result = []
+    for i in op.deferred:
+        shape, dtype = tape.meta[op.slots[i]]
+        result.append((op.slots[i], fit_gradient(input_grads[i], shape, dtype, op.function.__name__)))
+    return result
+
+
+# Steps whose deferred weight gradients are summed by one VJP call: bounds the memory of
+# the stacked per-step gradients while keeping each matmul large (block · batch rows).
+DEFER_BLOCK = 64
+
+
+# ------------------------------------------------------------------------------ scan
+
+
+@dataclass(eq=False)
+class Loop:
+    """What ``Scan`` needs besides arrays: the step's tape and where carry, x and y live in it."""
+
+    tape: Tape
+    carry_in: list[int]
+    x_in: list[int]
+    carry_out: list[int]
+    y_out: list[int]
+    length: int
+    reverse: bool
+    checkpoint: int | None
+    keep: bool  # some input wants a gradient: keep what backward needs
+
+    @property
+    def order(self) -> range:
+        """Time indices in the order the steps run."""
+        return range(self.length - 1, -1, -1) if self.reverse else range(self.length)
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """Runs of steps (in visiting order) replayed together in backward: one, or one per checkpoint."""
+        size = self.checkpoint or self.length
+        return [(start, min(start + size, self.length)) for start in range(0, self.length, size)]
+
+    def fresh_values(self, captured: Sequence[Any]) -> list[Any]:
+        values: list[Any] = [None] * len(self.tape.meta)
+        for slot, array in zip(self.tape.captured_slots, captured):
+            values[slot] = array
+        return values
+
+    def step(self, values: list[Any], carry: Sequence[Any], xs: Sequence[Any], t: int, keep: bool) -> Any:
+        """Replay step t from ``carry``: the step's Contexts (when ``keep``); results land in ``values``."""
+        for slot, array in zip(self.carry_in, carry):
+            values[slot] = array
+        for slot, array in zip(self.x_in, xs):
+            values[slot] = array[t]
+        return run_forward(self.tape, values, keep)
+
+    def recompute(self, inputs: Sequence[Any], carry: Sequence[Any], start: int, stop: int) -> list[list[Context]]:
+        """Checkpointing: replay visits start..stop-1 again from the carry kept at ``start``."""
+        xs = inputs[len(self.carry_in) : len(self.carry_in) + len(self.x_in)]
+        values = self.fresh_values(inputs[len(self.carry_in) + len(self.x_in) :])
+        order, contexts = self.order, []
+        for visit in range(start, stop):
+            contexts.append(self.step(values, carry, xs, order[visit], keep=True))
+            carry = [values[slot] for slot in self.carry_out]
+        return contexts
+
+
+class Scan(Function):
+    """The whole loop of ``tl.scan`` as one node: forward replays the tape over time, backward its VJPs."""
+
+    @staticmethod
+    def forward(ctx, *arrays, loop: Loop):
+        carry_count, x_count = len(loop.carry_in), len(loop.x_in)
+        carry = list(arrays[:carry_count])
+        xs = arrays[carry_count : carry_count + x_count]
+        values = loop.fresh_values(arrays[carry_count + x_count :])
+        keep_steps = loop.keep and loop.checkpoint is None
+        steps, checkpoints = [], []
+        ys = [[None] * loop.length for _ in loop.y_out]
+        for visit, t in enumerate(loop.order):
+            if loop.keep and loop.checkpoint is not None and visit % loop.checkpoint == 0:
+                checkpoints.append(carry)
+            contexts = loop.step(values, carry, xs, t, keep_steps)
+            if keep_steps:
+                steps.append(contexts)
+            carry = [values[slot] for slot in loop.carry_out]
+            for per_step, slot in zip(ys, loop.y_out):
+                per_step[t] = values[slot]
+        if loop.keep:
+            ctx.loop, ctx.steps, ctx.checkpoints = loop, steps, checkpoints
+            if loop.checkpoint is not None:
+                ctx.inputs = arrays  # recomputation replays from them
+        return (*carry, *(loop.tape.xp.stack(per_step) for per_step in ys))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        loop: Loop = ctx.loop
+        tape, xp, order = loop.tape, loop.tape.xp, loop.order
+        carry_count, x_count = len(loop.carry_in), len(loop.x_in)
+        carry_grads = list(grads[:carry_count])
+        ys_grads = grads[carry_count:]
+        x_needs = ctx.needs_input_grad[carry_count : carry_count + x_count]
+        xs_grads = [
+            xp.zeros((loop.length, *tape.meta[slot][0]), dtype=tape.meta[slot][1]) if need else None
+            for slot, need in zip(loop.x_in, x_needs)
+        ]
+        captured = Accumulator(len(tape.captured_slots))
+        release = not autograd.retaining_graph()
+        for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
+            if loop.checkpoint is None:
+                contexts = ctx.steps
+            else:
+                contexts = loop.recompute(ctx.inputs, ctx.checkpoints[segment], start, stop)
+                start, stop, contexts = 0, stop - start, contexts  # positions within the segment
+            pending: dict[int, list] = {}
+
+            def collect(op_index: int, op_ctx: Context, grad: Any, pending=pending) -> None:
+                pending.setdefault(op_index, []).append((op_ctx, grad))
+
+            for position in range(stop - 1, start - 1, -1):
+                visit = position + (segment * loop.checkpoint if loop.checkpoint else 0)
+                t = order[visit]
+                slot_grads: list[Any] = [None] * len(tape.meta)
+                for slot, grad in zip(loop.carry_out, carry_grads):
+                    _seed(slot_grads, slot, grad)
+                for slot, grad in zip(loop.y_out, ys_grads):
+                    _seed(slot_grads, slot, grad[t])
+                run_backward(tape, contexts[position], slot_grads, collect)
+                if release:
+                    contexts[position] = None  # free this step's saved arrays now
+                carry_grads = [slot_grads[slot] for slot in loop.carry_in]
+                for buffer, slot in zip(xs_grads, loop.x_in):
+                    if buffer is not None and slot_grads[slot] is not None:
+                        buffer[t] = slot_grads[slot]
+                for index, slot in enumerate(tape.captured_slots):
+                    captured.add(index, slot_grads[slot])
+                if any(len(steps) >= DEFER_BLOCK for steps in pending.values()):
+                    _flush_deferred(tape, pending, captured)
+            _flush_deferred(tape, pending, captured)
+        return (*carry_grads, *xs_grads, *captured.grads)
+
+
+def _seed(slot_grads: list[Any], slot: int, grad: Any) -> None:
+    if grad is not None:
+        current = slot_grads[slot]
+        slot_grads[slot] = grad if current is None else current + grad
+
+
+def _flush_deferred(tape: Tape, pending: dict[int, list], captured: Accumulator) -> None:
+    """Sum the deferred weight gradients collected so far (one VJP call per op) into ``captured``."""
+    position_of = {slot: index for index, slot in enumerate(tape.captured_slots)}
+    for op_index, steps in pending.items():
+        for slot, grad in deferred_gradients(tape, op_index, steps):
+            captured.add(position_of[slot], grad)
+    pending.clear()
+
+
+def _parts(value: Any, what: str, allow_none: bool = False) -> tuple[list[Tensor] | None, bool]:
+    """A Tensor or a tuple/list of Tensors as a list of parts, and whether it was a tuple."""
+    if value is None and allow_none:
+        return None, False
+    if isinstance(value, Tensor):
+        return [value], False
+    if isinstance(value, (tuple, list)) and value and all(isinstance(part, Tensor) for part in value):
+        return list(value), True
+    kind = type(value).__name__
+    raise TypeError(f"tl.scan: {what} must be a Tensor or a tuple of Tensors, got {kind}")
+
+
+def _rebuild(parts: Sequence[Tensor], is_tuple: bool) -> Any:
+    return tuple(parts) if is_tuple else parts[0]
+
+
+def scan(
+    fn: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    xs: Any = None,
+    length: int | None = None,
+    reverse: bool = False,
+    checkpoint: int | None = None,
+) -> tuple[Any, Any]:
+    """``carry, ys = scan(fn, init, xs)``: the loop ``carry, y = fn(carry, xs[t])``, as one graph node.
+
+    Equal to the written-out loop (see the module docstring) in values and gradients.
+    ``init``/``carry``: a Tensor or a tuple of Tensors, the same shapes and dtypes every
+    step. ``xs``: a Tensor, a tuple of Tensors sharing T along axis 0, or None with
+    ``length=T`` (``fn`` then gets None). ``y``: a Tensor, a tuple of Tensors or None
+    (then ``ys`` is None); ``ys`` stacks them along a new axis 0. ``reverse=True`` visits
+    t = T-1 .. 0, still storing y_t at index t. ``checkpoint=k`` keeps every k-th carry
+    instead of every step's saved arrays, and recomputes k steps at a time in backward.
+    Gradients reach ``init``, ``xs`` and every Tensor ``fn`` reads without receiving it.
+    """
+    init_parts, carry_is_tuple = _parts(init, "init")
+    x_parts, x_is_tuple = _parts(xs, "xs", allow_none=True)
+    steps = _scan_length(x_parts, length)
+    if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1):
+        raise ValueError(f"tl.scan: checkpoint must be a positive int (steps between kept carries), got {checkpoint!r}")
+    first = steps - 1 if reverse else 0
+    x_first = [Tensor._make(x.data[first], x.device, requires_grad=x.requires_grad) for x in x_parts or ()]
+    x_first_none = [None] * len(x_first)
+
+    def step(*stand_ins: Tensor) -> Any:
+        carry = _rebuild(stand_ins[: len(init_parts)], carry_is_tuple)
+        x = _rebuild(stand_ins[len(init_parts) :], x_is_tuple) if x_parts is not None else None
+        return fn(carry, x)
+
+    # A carry part needs a gradient from step 1 on if the step makes it depend on
+    # anything that requires grad: trace again with it marked until nothing changes.
+    carry_requires = [part.requires_grad for part in init_parts]
+    while True:
+        stand_ins, result, tracer = trace("tl.scan", step, [*init_parts, *x_first], [*carry_requires, *x_first_none])
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise TypeError(f"tl.scan: fn must return a pair (carry, y), got {type(result).__name__}")
+        new_carry, y = result
+        carry_parts = _check_carry(init_parts, carry_is_tuple, new_carry)
+        carry_out = [tracer.slot(part) for part in carry_parts]
+        grown = [before or tracer.requires[slot] for before, slot in zip(carry_requires, carry_out)]
+        if grown == carry_requires:
+            break
+        carry_requires = grown
+    y_parts, y_is_tuple = _parts(y, "y (fn's second result)", allow_none=True)
+    y_out = [tracer.slot(part) for part in y_parts or ()]
+    tape = tracer.tape([tracer.slot(stand_in) for stand_in in stand_ins], carry_out + y_out)
+    mark_deferred(tape)
+    inputs = [*init_parts, *(x_parts or ()), *tape.captured]
+    keep = is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
+    loop = Loop(
+        tape, tape.input_slots[: len(init_parts)], tape.input_slots[len(init_parts) :], carry_out, y_out,
+        steps, reverse, checkpoint, keep,
+    )  # fmt: skip
+    outputs = Scan.apply(*inputs, loop=loop)
+    final = _rebuild(outputs[: len(init_parts)], carry_is_tuple)
+    ys = _rebuild(outputs[len(init_parts) :], y_is_tuple) if y_parts is not None else None
+    return final, ys
+
+
+def _scan_length(x_parts: list[Tensor] | None, length: int | None) -> int:
+    if x_parts is None:
+        if length is None:
+            raise ValueError("tl.scan: with xs=None, give the number of steps as length=")
+        steps = length
+    else:
+        lengths = [x.shape[0] if x.ndim else None for x in x_parts]
+        if None in lengths:
+            raise ValueError("tl.scan: every xs tensor needs an axis 0 to scan along (got a 0-d tensor)")
+        if len(set(lengths)) != 1:
+            raise ValueError(f"tl.scan: the xs tensors have different lengths along axis 0: {lengths}")
+        steps = lengths[0]
+        if length is not None and length != steps:
+            raise ValueError(f"tl.scan: length={length} but xs has {steps} steps along axis 0")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"tl.scan: needs at least one step, got length {steps!r}")
+    return steps
+
+
+def _check_carry(init_parts: list[Tensor], is_tuple: bool, new_carry: Any) -> list[Tensor]:
+    """The carry fn returned, checked against init: same structure, shapes and dtypes."""
+    parts, new_is_tuple = _parts(new_carry, "the carry fn returns")
+    if new_is_tuple != is_tuple or len(parts) != len(init_parts):
+        raise TypeError(
+            f"tl.scan: fn returned a carry of {len(parts)} tensor(s){' in a tuple' if new_is_tuple else ''} "
+            f"for an init of {len(init_parts)}; the carry must keep its structure"
+        )
+    for index, (old, new) in enumerate(zip(init_parts, parts)):
+        if old.shape != new.shape or old.dtype != new.dtype:
+            raise TypeError(
+                f"tl.scan: carry part {index} changed from shape {old.shape} {old.dtype} to "
+                f"{new.shape} {new.dtype} in one step; the carry must keep its shape and dtype"
+            )
+    return parts
+
+
+# --------------------------------------------------------------------------- compile
+
+
+@dataclass(eq=False)
+class Program:
+    """One trace of a compiled function: its tape, and how to rebuild its result's structure."""
+
+    tape: Tape
+    structure: Any  # the result with each Tensor replaced by its index among the outputs
+    keep: bool
+    captured_requires: tuple[bool, ...]
+
+    def is_stale(self) -> bool:
+        """A captured tensor's ``requires_grad`` changed since tracing (it was frozen or unfrozen)."""
+        return tuple(tensor.requires_grad for tensor in self.tape.captured) != self.captured_requires
+
+
+class Compiled(Function):
+    """One call of a compiled function as one node: the tape replayed forward, its VJPs in reverse."""
+
+    @staticmethod
+    def forward(ctx, *arrays, program: Program):
+        tape = program.tape
+        values: list[Any] = [None] * len(tape.meta)
+        for slot, array in zip(tape.input_slots + tape.captured_slots, arrays):
+            values[slot] = array
+        contexts = run_forward(tape, values, program.keep)
+        if program.keep:
+            ctx.program, ctx.contexts = program, contexts
+        return tuple(values[slot] for slot in tape.output_slots)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        tape = ctx.program.tape
+        slot_grads: list[Any] = [None] * len(tape.meta)
+        for slot, grad in zip(tape.output_slots, grads):
+            _seed(slot_grads, slot, grad)
+        run_backward(tape, ctx.contexts, slot_grads)
+        return tuple(slot_grads[slot] for slot in tape.input_slots + tape.captured_slots)
+
+
+def _flatten_result(result: Any, tensors: list[Tensor]) -> Any:
+    """The result's structure with each Tensor replaced by its index in ``tensors`` (appended)."""
+    if isinstance(result, Tensor):
+        tensors.append(result)
+        return len(tensors) - 1
+    if isinstance(result, (tuple, list)):
+        return type(result)(_flatten_result(part, tensors) for part in result)
+    if result is None:
+        return None
+    raise TypeError(
+        f"tl.compile: the function must return Tensors (or tuples/lists of them), got {type(result).__name__}"
+    )
+
+
+def _unflatten_result(structure: Any, outputs: Sequence[Tensor]) -> Any:
+    if isinstance(structure, int):
+        return outputs[structure]
+    if isinstance(structure, (tuple, list)):
+        return type(structure)(_unflatten_result(part, outputs) for part in structure)
+    return None
+
+
+class CompiledFunction:
+    """``tl.compile(fn)``: a callable equal to ``fn`` that records one graph node per call.
+
+    ``fn`` (a function of Tensors, or a Module) is traced on its first call for each
+    input signature: the shapes, dtypes and devices of its Tensor arguments, which of
+    them require grad, whether grad mode is on, and the values of its other arguments
+    (Python numbers and strings: constants of the trace). For a Module also its
+    parameters (by identity and ``requires_grad``) and every submodule's ``training``
+    flag. Later calls replay the trace; values and parameters are read afresh each time.
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        if not callable(fn):
+            raise TypeError(f"tl.compile needs a function or a Module, got {type(fn).__name__}")
+        self.fn = fn
+        self.traces: dict[Any, Program] = {}
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any) -> Any:
+        signature = self._signature(args)
+        program = self.traces.get(signature)
+        if program is None or program.is_stale():
+            program = self._trace(args)
+            self.traces[signature] = program
+        tensors = [arg for arg in args if isinstance(arg, Tensor)]
+        outputs = Compiled.apply(*tensors, *program.tape.captured, program=program)
+        return _unflatten_result(program.structure, outputs)
+
+    def _signature(self, args: tuple) -> tuple:
+        parts: list[Any] = [is_grad_enabled()]
+        for index, arg in enumerate(args):
+            if isinstance(arg, Tensor):
+                parts.append((arg.shape, arg.dtype, arg.device, arg.requires_grad))
+            else:
+                try:
+                    hash(arg)
+                except TypeError:
+                    raise TypeError(
+                        f"tl.compile: argument {index} is a {type(arg).__name__}, which cannot be part of a "
+                        "trace's signature; pass Tensors, or Python numbers and strings (constants of the trace)"
+                    ) from None
+                parts.append(("constant", type(arg), arg))
+        modules = getattr(self.fn, "modules", None)
+        if callable(modules):  # a Module: its parameters and modes belong to the trace too
+            parts.append(tuple((id(p), p.requires_grad) for p in self.fn.parameters()))
+            parts.append(tuple(module.training for module in modules()))
+        return tuple(parts)
+
+    def _trace(self, args: tuple) -> Program:
+        positions = [index for index, arg in enumerate(args) if isinstance(arg, Tensor)]
+
+        def call(*stand_ins: Tensor) -> Any:
+            arguments = list(args)
+            for position, stand_in in zip(positions, stand_ins):
+                arguments[position] = stand_in
+            return self.fn(*arguments)
+
+        stand_ins, result, tracer = trace("tl.compile", call, [args[index] for index in positions])
+        tensors: list[Tensor] = []
+        structure = _flatten_result(result, tensors)
+        if not tensors:
+            raise TypeError("tl.compile: the function returned no Tensor")
+        output_slots = [tracer.slot(tensor) for tensor in tensors]
+        tape = tracer.tape([tracer.slot(stand_in) for stand_in in stand_ins], output_slots)
+        inputs = [args[index] for index in positions] + tape.captured
+        keep = is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
+        return Program(tape, structure, keep, tuple(tensor.requires_grad for tensor in tape.captured))
+
+
+def compile(fn: Callable[..., Any]) -> CompiledFunction:  # noqa: A001  (tl.compile, as torch.compile)
+    """``tl.compile(fn)``: trace ``fn`` once per input signature and replay it as one graph node per call.
+
+    Equal to calling ``fn`` (values and gradients); see :class:`CompiledFunction` for
+    what makes a signature. Python numbers ``fn`` closes over are constants of a trace.
+    """
+    return CompiledFunction(fn)
