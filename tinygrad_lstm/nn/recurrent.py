@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..tensor import Tensor, arange, float32, linear, scan, stack, where, zeros
+from ..tensor import Tensor, arange, float32, linear, no_grad, scan, stack, where, zeros
 from ..tensor import cat as concatenate
 from . import functional as F
 from .layers import uniform_parameter
@@ -221,13 +221,13 @@ def _scan_cell(
 ) -> tuple[Tensor, State]:
     """The loop over time as ``tl.scan``: the step is traced once and replayed T times.
 
-    The input projection of all steps is one matmul before the loop, unless the cell
-    steps through its own ``forward`` or ``checkpoint`` asks for memory over speed (then
-    each step projects its own x_t, and only the raw inputs are kept).
+    The input projection of all steps is one matmul before the loop (``hoisted``),
+    unless it would be large, the cell steps through its own ``forward``, or
+    ``checkpoint`` asks for memory over speed: then each step projects its own x_t.
     """
-    own_forward = overrides_forward(cell)
-    hoisted = not own_forward and checkpoint is None
+    hoisted = not overrides_forward(cell) and checkpoint is None and _small_projection(cell, x)
     inputs = cell.project_input(x) if hoisted else x
+    own_forward = overrides_forward(cell)
 
     def advance(state: State, x_t: Tensor) -> State:
         if own_forward:
@@ -246,6 +246,19 @@ def _scan_cell(
         step, state, inputs if mask is None else (inputs, mask), reverse=reverse, checkpoint=checkpoint
     )
     return outputs, final
+
+
+# Past this many numbers, the input projection of all steps is not computed at once: it
+# and its gradient would be held through the whole backward pass (2·T·batch·G·hidden
+# numbers), where projecting inside each step holds only the raw inputs.
+PROJECTION_LIMIT = 1 << 22
+
+
+def _small_projection(cell: RecurrentCell, x: Tensor) -> bool:
+    """Whether ``cell.project_input`` of all of x stays within ``PROJECTION_LIMIT`` numbers."""
+    with no_grad():  # one step's projection, to learn its width
+        width = cell.project_input(x[:1]).shape[-1]
+    return x.shape[0] * x.shape[1] * width <= PROJECTION_LIMIT
 
 
 def _record_every_step(
@@ -402,13 +415,15 @@ class Recurrent(Module):
     def _mask(self, lengths: Any, steps: int, batch: int, device: str) -> Tensor | None:
         if lengths is None:
             return None
+        given = lengths
         lengths = lengths if isinstance(lengths, Tensor) else Tensor(lengths, device=device)
         lengths = lengths.to(device)
         if lengths.dtype.kind not in "iu" or lengths.shape != (batch,):
             raise ValueError(
                 f"lengths must be {batch} integers (one per sequence), got {lengths.dtype} of shape {lengths.shape}"
             )
-        values = lengths.tolist()
+        # Python lengths are checked as given (inside tl.compile they are constants of the trace)
+        values = given.tolist() if isinstance(given, Tensor) else [int(length) for length in given]
         bad = [length for length in values if not 1 <= length <= steps]
         if bad:
             raise ValueError(f"every length must be between 1 and the sequence length {steps}, got {bad[0]}")

@@ -170,13 +170,16 @@ class Linear(Function):
     A primitive rather than ``x @ W.T + b`` for speed: one node instead of three, the
     bias added in place into the fresh product, and the weight gradient comes out as
     one contiguous (out, in) matrix, summed over all leading axes of x by a single 2-D
-    matmul (instead of a transposed view accumulated with strided adds).
+    matmul (instead of a transposed view accumulated with strided adds). ``weight_t``,
+    optional, is the same weight already transposed into a contiguous (in, out) array:
+    a loop (``tl.scan``) makes it once for all its steps, as ``x @ Wᵀ`` is a slower
+    matmul on the transposed view than on a contiguous matrix.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias=None):
+    def forward(ctx, x, weight, bias=None, weight_t=None):
         ctx.save_for_backward(x, weight)
-        y = x @ weight.T
+        y = x @ (weight.T if weight_t is None else weight_t)
         if bias is not None:
             y += bias
         return y
@@ -539,11 +542,10 @@ class Split(Function):
     @staticmethod
     def forward(ctx, x, sizes, axis=0):
         ctx.axis = axis
-        index = [slice(None)] * x.ndim
+        lead = (slice(None),) * axis
         pieces, start = [], 0
         for size in sizes:
-            index[axis] = slice(start, start + size)
-            pieces.append(x[tuple(index)])
+            pieces.append(x[(*lead, slice(start, start + size))])
             start += size
         return tuple(pieces)
 

@@ -36,6 +36,8 @@ numbers inside ``fn`` would freeze one step's value into the tape, so it raises
 
 from __future__ import annotations
 
+import builtins
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,10 +72,10 @@ class TapeOp:
     step_needs: tuple[bool, ...] = ()
     deferred: tuple[int, ...] = ()
 
-    @property
-    def records(self) -> bool:
-        """Whether the op's Context is kept for backward (some input wants a gradient)."""
-        return any(self.needs)
+    def __post_init__(self) -> None:
+        self.records = any(self.needs)  # the op's Context is kept for backward
+        self.all_slots = all(slot >= 0 for slot in self.slots)  # no constant among the arguments
+        self.invariant_weight = -1  # a Linear's loop-invariant weight slot: its transpose is made once per loop
 
 
 @dataclass
@@ -95,9 +97,18 @@ class Tape:
     ops: list[TapeOp]
     output_slots: list[int] = field(default_factory=list)
 
-    @property
-    def recording_ops(self) -> list[tuple[int, TapeOp]]:
-        return [(index, op) for index, op in enumerate(self.ops) if op.records]
+    replays: dict[str, Callable] = field(default_factory=dict)
+
+    def replay(self, kind: str) -> Callable:
+        """The generated replay function "forward", "forward_keep" or "backward" (made once)."""
+        function = self.replays.get(kind)
+        if function is None:
+            function = self.replays[kind] = build_replay(self, kind)
+        return function
+
+    def source(self) -> str:
+        """The Python the replay runs per step: forward (keeping what backward needs), then backward."""
+        return forward_source(self, keep=True) + "\n\n" + backward_source(self)
 
 
 def traced_ops(node: Context) -> list[TapeOp]:
@@ -240,78 +251,149 @@ def trace(
 
 
 # ------------------------------------------------------------------ replay: forward
+#
+# A replay runs the tape's ops in order on raw arrays. It runs once per op per step, so
+# the tape is turned into straight-line Python, one line per op (``print(tape.source())``
+# shows it), instead of interpreting a list of ops: no loop, no lookups, no Tensor.
 
 
-def run_forward(tape: Tape, values: list[Any], keep: bool) -> list[Context] | None:
-    """Run every op of the tape once on the arrays in ``values`` (filled in place).
+def forward_source(tape: Tape, keep: bool) -> str:
+    """The source of ``forward(values, transposed)``: every op once, in tape order.
 
-    With ``keep``, returns the Context of each op that backward will visit, in tape
-    order; these hold exactly what the ops' VJPs saved.
+    It reads its inputs from ``values`` (a list indexed by slot), writes the tape's
+    outputs back there, and with ``keep`` returns the Context of every op backward will
+    visit (in tape order), each holding what its op saved.
     """
-    contexts = [] if keep else None
-    xp = tape.xp
-    for op in tape.ops:
-        ctx = Context(op.function, xp, op.device)
-        arguments = [values[slot] if slot >= 0 else constant for slot, constant in zip(op.slots, op.constants)]
-        output = op.function.forward(ctx, *arguments, **op.kwargs)
-        if op.multi_output:
-            for slot, array in zip(op.outputs, output):
-                values[slot] = array
-        else:
-            values[op.outputs[0]] = output
+    lines = ["def forward(values, transposed):"]
+    for slot in sorted(set(tape.input_slots + tape.captured_slots)):
+        lines.append(f"    v{slot} = values[{slot}]")
+    kept = []
+    for index, op in enumerate(tape.ops):
+        arguments = [f"v{slot}" if slot >= 0 else f"const{index}_{i}" for i, slot in enumerate(op.slots)]
+        if op.kwargs:
+            arguments.append(f"**kwargs{index}")
+        if op.invariant_weight >= 0:
+            arguments.append(f"weight_t=transposed[{op.invariant_weight}]")
+        results = ", ".join(f"v{slot}" for slot in op.outputs) + (
+            "," if op.multi_output and len(op.outputs) == 1 else ""
+        )
+        lines.append(f"    c{index} = Context(function{index}, xp, device{index})")
+        lines.append(f"    {results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
-            for slot in op.outputs:
-                values[slot] = xp.asarray(values[slot])
+            lines.extend(f"    v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
         if keep and op.records:
-            ctx.needs_input_grad = op.step_needs
-            contexts.append(ctx)
-    return contexts
+            lines.append(f"    c{index}.needs_input_grad = needs{index}")
+            kept.append(f"c{index}")
+    for slot in tape.output_slots:
+        lines.append(f"    values[{slot}] = v{slot}")
+    lines.append(f"    return [{', '.join(kept)}]" if keep else "    return None")
+    return "\n".join(lines)
+
+
+def run_forward(
+    tape: Tape, values: list[Any], keep: bool, transposed: dict[int, Any] | None = None
+) -> list[Context] | None:
+    """Run every op of the tape once on the arrays in ``values`` (see :func:`forward_source`).
+
+    ``transposed`` maps the slot of a loop-invariant Linear weight to its contiguous
+    transpose (see ``ops.Linear``).
+    """
+    return tape.replay("forward_keep" if keep else "forward")(values, transposed)
 
 
 # ----------------------------------------------------------------- replay: backward
 
 
-def run_backward(tape: Tape, contexts: list[Context], grads: list[Any], on_deferred: Callable | None = None) -> None:
-    """Run the VJPs of one replayed step in reverse tape order.
+def backward_source(tape: Tape) -> str:
+    """The source of ``backward(contexts, grads, on_deferred)``: the VJPs in reverse tape order.
 
-    ``grads`` holds a gradient (or None) per slot, seeded at the outputs; on return it
-    holds the gradient of every input slot. ``on_deferred(op_index, ctx, grad)`` receives
-    the output gradient of each op with deferred inputs (summed over steps later).
+    ``grads`` holds a gradient (or None) per slot, seeded at the tape's outputs; on
+    return it holds the gradient of every input slot. After each VJP, an input's
+    gradient is summed back to the input's shape and dtype (``fit``: broadcasting is
+    undone here, once, as in eager mode) and added to what the input has so far.
+    ``on_deferred(op_index, ctx, grad)`` receives the output gradient of each op with
+    deferred inputs (their gradient is summed over steps later).
     """
-    meta = tape.meta
-    position = len(contexts)
-    for index in range(len(tape.ops) - 1, -1, -1):
-        op = tape.ops[index]
-        if not op.records:
-            continue
-        position -= 1
-        ctx = contexts[position]
-        output_grads = [grads[slot] for slot in op.outputs]
+    recording = [(index, op) for index, op in enumerate(tape.ops) if op.records]
+    lines = ["def backward(contexts, grads, on_deferred):"]
+    if recording:
+        lines.append(f"    {', '.join(f'c{index}' for index, _ in recording)}, = contexts")
+    used = {slot for _, op in recording for slot in (*op.slots, *op.outputs) if slot >= 0}
+    seeded = set(tape.output_slots)
+    for slot in sorted(used | seeded | set(tape.input_slots + tape.captured_slots)):
+        lines.append(f"    g{slot} = grads[{slot}]" if slot in seeded else f"    g{slot} = None")
+    for index, op in reversed(recording):
+        name = op.function.__name__
         if op.multi_output:
-            if all(grad is None for grad in output_grads):
+            condition = " or ".join(f"g{slot} is not None" for slot in op.outputs)
+            given = ", ".join(f"g{slot} if g{slot} is not None else zeros(*meta[{slot}])" for slot in op.outputs)
+        else:
+            condition, given = f"g{op.outputs[0]} is not None", f"g{op.outputs[0]}"
+        lines.append(f"    if {condition}:  # {name}")
+        if op.deferred:
+            lines.append(f"        if on_deferred is not None: on_deferred({index}, c{index}, {given})")
+        lines.append(f"        r = backward{index}(c{index}, {given})")
+        count = len(op.slots)
+        if count == 1:
+            lines.append("        if type(r) is not tuple: r = (r,)")
+        lines.append(f"        if type(r) is not tuple or len(r) != {count}: r = check_arity(r, {count}, {name!r})")
+        for position, (slot, need) in enumerate(zip(op.slots, op.step_needs)):
+            if not need:
                 continue
-            output_grads = [
-                tape.xp.zeros(*meta[slot]) if grad is None else grad for slot, grad in zip(op.outputs, output_grads)
-            ]
-        elif output_grads[0] is None:
-            continue
-        if op.deferred and on_deferred is not None:
-            on_deferred(index, ctx, output_grads[0])
-        input_grads = op.function.backward(ctx, *output_grads)
-        if type(input_grads) is not tuple:
-            input_grads = (input_grads,)
-        if len(input_grads) != len(op.slots):
-            raise RuntimeError(
-                f"{op.function.__name__}.backward returned {len(input_grads)} gradients for "
-                f"{len(op.slots)} inputs; return one per forward input (None for no gradient)"
-            )
-        for slot, need, grad in zip(op.slots, op.step_needs, input_grads):
-            if need and grad is not None:
-                shape, dtype = meta[slot]
-                if grad.shape != shape or grad.dtype != dtype:
-                    grad = fit_gradient(grad, shape, dtype, op.function.__name__)
-                current = grads[slot]
-                grads[slot] = grad if current is None else current + grad
+            lines.append(f"        a = r[{position}]")
+            lines.append("        if a is not None:")
+            lines.append(f"            if a.shape != shape{slot} or a.dtype != dtype{slot}:")
+            lines.append(f"                a = fit(a, shape{slot}, dtype{slot}, {name!r})")
+            lines.append(f"            g{slot} = a if g{slot} is None else g{slot} + a")
+    for slot in sorted(set(tape.input_slots + tape.captured_slots)):
+        lines.append(f"    grads[{slot}] = g{slot}")
+    return "\n".join(lines)
+
+
+def run_backward(tape: Tape, contexts: list[Context], grads: list[Any], on_deferred: Callable | None = None) -> None:
+    """Run the VJPs of one replayed step in reverse tape order (see :func:`backward_source`)."""
+    tape.replay("backward")(contexts, grads, on_deferred)
+
+
+def check_arity(input_grads: Any, count: int, name: str) -> tuple:
+    """A VJP's result as a tuple of one gradient per forward input, or a clear error."""
+    if type(input_grads) is not tuple:
+        input_grads = (input_grads,)
+    if len(input_grads) != count:
+        raise RuntimeError(
+            f"{name}.backward returned {len(input_grads)} gradients for {count} inputs; "
+            "return one per forward input (None for no gradient)"
+        )
+    return input_grads
+
+
+@functools.lru_cache(maxsize=256)
+def _code(source: str, kind: str) -> Any:
+    """The compiled source (a loop's step is traced at every call: its code compiles once)."""
+    return builtins.compile(source, f"<tl.scan replay: {kind}>", "exec")
+
+
+def build_replay(tape: Tape, kind: str) -> Callable:
+    """The replay function of ``kind`` ("forward", "forward_keep", "backward") for this tape."""
+    source = backward_source(tape) if kind == "backward" else forward_source(tape, keep=kind == "forward_keep")
+    code = _code(source, kind)
+    namespace: dict[str, Any] = {
+        "Context": Context, "xp": tape.xp, "zeros": tape.xp.zeros, "meta": tape.meta,
+        "fit": fit_gradient, "check_arity": check_arity,
+    }  # fmt: skip
+    for index, op in enumerate(tape.ops):
+        namespace[f"function{index}"] = op.function
+        namespace[f"forward{index}"] = op.function.forward
+        namespace[f"backward{index}"] = op.function.backward
+        namespace[f"device{index}"] = op.device
+        namespace[f"kwargs{index}"] = op.kwargs
+        namespace[f"needs{index}"] = op.step_needs
+        for i, constant in enumerate(op.constants):
+            namespace[f"const{index}_{i}"] = constant
+    for slot, (shape, dtype) in enumerate(tape.meta):
+        namespace[f"shape{slot}"], namespace[f"dtype{slot}"] = shape, dtype
+    exec(code, namespace)
+    return namespace.pop(kind.split("_")[0])  # popped: the function must not hold itself (a reference cycle)
 
 
 def fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, name: str) -> Any:
@@ -362,6 +444,8 @@ def mark_deferred(tape: Tape) -> None:
 
     captured = set(tape.captured_slots)
     for op in tape.ops:
+        if op.function is ops.Linear and op.slots[1] in captured and "weight_t" not in op.kwargs:
+            op.invariant_weight = op.slots[1]
         if not op.records:
             continue
         if op.function is ops.Linear:
@@ -440,23 +524,60 @@ class Loop:
             values[slot] = array
         return values
 
-    def step(self, values: list[Any], carry: Sequence[Any], xs: Sequence[Any], t: int, keep: bool) -> Any:
-        """Replay step t from ``carry``: the step's Contexts (when ``keep``); results land in ``values``."""
-        for slot, array in zip(self.carry_in, carry):
-            values[slot] = array
-        for slot, array in zip(self.x_in, xs):
-            values[slot] = array[t]
-        return run_forward(self.tape, values, keep)
+    def transposed_weights(self, values: list[Any]) -> dict[int, Any]:
+        """Contiguous transposes of the loop-invariant Linear weights, made once per loop."""
+        slots = {op.invariant_weight for op in self.tape.ops if op.invariant_weight >= 0}
+        return {slot: self.tape.xp.ascontiguousarray(values[slot].T) for slot in slots}
 
-    def recompute(self, inputs: Sequence[Any], carry: Sequence[Any], start: int, stop: int) -> list[list[Context]]:
-        """Checkpointing: replay visits start..stop-1 again from the carry kept at ``start``."""
-        xs = inputs[len(self.carry_in) : len(self.carry_in) + len(self.x_in)]
-        values = self.fresh_values(inputs[len(self.carry_in) + len(self.x_in) :])
-        order, contexts = self.order, []
-        for visit in range(start, stop):
-            contexts.append(self.step(values, carry, xs, order[visit], keep=True))
-            carry = [values[slot] for slot in self.carry_out]
-        return contexts
+    def per_step_captured(self) -> list[tuple[int, int]]:
+        """(position, slot) of each implicit input that gets a gradient from every step (not deferred).
+
+        That is one a step's VJP reaches, or one the step returns as it is (as y or carry).
+        """
+        reached = {slot for op in self.tape.ops for slot, need in zip(op.slots, op.step_needs) if need}
+        reached.update(self.carry_out, self.y_out)
+        return [(index, slot) for index, slot in enumerate(self.tape.captured_slots) if slot in reached]
+
+    def run(
+        self,
+        values: list[Any],
+        carry: list[Any],
+        xs: Sequence[Any],
+        visits: range,
+        keep: bool,
+        ys: list[Any] | None = None,
+    ) -> tuple[list[Any], list[list[Context]], list[list[Any]]]:
+        """Replay the steps of ``visits`` from ``carry``: (final carry, each step's Contexts, each kept carry).
+
+        ``values`` holds the implicit inputs in their slots. Each step's y parts are
+        written into the ``ys`` buffers at their time index, and the step goes on with
+        the buffer's row in place of its own array (so a y that is also the carry, or
+        saved by the next step, is kept once, not twice). Contexts are kept when ``keep``;
+        with checkpointing, the carry at every k-th visit is kept instead.
+        """
+        forward_step = self.tape.replay("forward_keep" if keep else "forward")
+        transposed = self.transposed_weights(values)
+        order, checkpoint = self.order, self.checkpoint if self.keep else None
+        steps, checkpoints = [], []
+        x_pairs = list(zip(self.x_in, xs))
+        carry_in, carry_out = self.carry_in, self.carry_out
+        y_pairs = list(zip(ys, self.y_out)) if ys is not None else []
+        for visit in visits:
+            t = order[visit]
+            if checkpoint is not None and visit % checkpoint == 0:
+                checkpoints.append(carry)
+            for slot, array in zip(carry_in, carry):
+                values[slot] = array
+            for slot, array in x_pairs:
+                values[slot] = array[t]
+            contexts = forward_step(values, transposed)
+            if keep:
+                steps.append(contexts)
+            for buffer, slot in y_pairs:
+                buffer[t] = values[slot]
+                values[slot] = buffer[t]
+            carry = [values[slot] for slot in carry_out]
+        return carry, steps, checkpoints
 
 
 class Scan(Function):
@@ -465,26 +586,17 @@ class Scan(Function):
     @staticmethod
     def forward(ctx, *arrays, loop: Loop):
         carry_count, x_count = len(loop.carry_in), len(loop.x_in)
-        carry = list(arrays[:carry_count])
         xs = arrays[carry_count : carry_count + x_count]
         values = loop.fresh_values(arrays[carry_count + x_count :])
+        meta, xp = loop.tape.meta, loop.tape.xp
+        ys = [xp.empty((loop.length, *meta[slot][0]), dtype=meta[slot][1]) for slot in loop.y_out]
         keep_steps = loop.keep and loop.checkpoint is None
-        steps, checkpoints = [], []
-        ys = [[None] * loop.length for _ in loop.y_out]
-        for visit, t in enumerate(loop.order):
-            if loop.keep and loop.checkpoint is not None and visit % loop.checkpoint == 0:
-                checkpoints.append(carry)
-            contexts = loop.step(values, carry, xs, t, keep_steps)
-            if keep_steps:
-                steps.append(contexts)
-            carry = [values[slot] for slot in loop.carry_out]
-            for per_step, slot in zip(ys, loop.y_out):
-                per_step[t] = values[slot]
+        carry, steps, checkpoints = loop.run(values, list(arrays[:carry_count]), xs, range(loop.length), keep_steps, ys)
         if loop.keep:
             ctx.loop, ctx.steps, ctx.checkpoints = loop, steps, checkpoints
             if loop.checkpoint is not None:
                 ctx.inputs = arrays  # recomputation replays from them
-        return (*carry, *(loop.tape.xp.stack(per_step) for per_step in ys))
+        return (*carry, *ys)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -495,46 +607,53 @@ class Scan(Function):
         ys_grads = grads[carry_count:]
         x_needs = ctx.needs_input_grad[carry_count : carry_count + x_count]
         xs_grads = [
-            xp.zeros((loop.length, *tape.meta[slot][0]), dtype=tape.meta[slot][1]) if need else None
+            xp.empty((loop.length, *tape.meta[slot][0]), dtype=tape.meta[slot][1]) if need else None
             for slot, need in zip(loop.x_in, x_needs)
-        ]
+        ]  # every step writes its row: a zero row where no gradient reached x_t
         captured = Accumulator(len(tape.captured_slots))
+        per_step_captured = loop.per_step_captured()
         release = not autograd.retaining_graph()
+        backward_step = tape.replay("backward")
+        x_pairs = [(buffer, slot) for buffer, slot in zip(xs_grads, loop.x_in) if buffer is not None]
+        seeds = list(zip(loop.carry_out, range(carry_count))) + [(slot, None) for slot in loop.y_out]
+        pending: dict[int, list] = {}
+
+        def collect(op_index: int, op_ctx: Context, grad: Any) -> None:
+            pending.setdefault(op_index, []).append((op_ctx, grad))
+
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
                 contexts = ctx.steps
-            else:
-                contexts = loop.recompute(ctx.inputs, ctx.checkpoints[segment], start, stop)
-                start, stop, contexts = 0, stop - start, contexts  # positions within the segment
-            pending: dict[int, list] = {}
-
-            def collect(op_index: int, op_ctx: Context, grad: Any, pending=pending) -> None:
-                pending.setdefault(op_index, []).append((op_ctx, grad))
-
-            for position in range(stop - 1, start - 1, -1):
-                visit = position + (segment * loop.checkpoint if loop.checkpoint else 0)
+            else:  # replay this segment's steps again from its kept carry, keeping their Contexts
+                values = loop.fresh_values(ctx.inputs[carry_count + x_count :])
+                xs = ctx.inputs[carry_count : carry_count + x_count]
+                _, contexts, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
+            offset = 0 if loop.checkpoint is None else start  # contexts[visit - offset] is visit's
+            for visit in range(stop - 1, start - 1, -1):
                 t = order[visit]
                 slot_grads: list[Any] = [None] * len(tape.meta)
-                for slot, grad in zip(loop.carry_out, carry_grads):
-                    _seed(slot_grads, slot, grad)
-                for slot, grad in zip(loop.y_out, ys_grads):
-                    _seed(slot_grads, slot, grad[t])
-                run_backward(tape, contexts[position], slot_grads, collect)
+                for (slot, part), y_grad in zip(seeds, (*carry_grads, *ys_grads)):
+                    grad = y_grad[t] if part is None else y_grad
+                    if grad is not None:
+                        current = slot_grads[slot]
+                        slot_grads[slot] = grad if current is None else current + grad
+                backward_step(contexts[visit - offset], slot_grads, collect)
                 if release:
-                    contexts[position] = None  # free this step's saved arrays now
+                    contexts[visit - offset] = None  # free this step's saved arrays now
                 carry_grads = [slot_grads[slot] for slot in loop.carry_in]
-                for buffer, slot in zip(xs_grads, loop.x_in):
-                    if buffer is not None and slot_grads[slot] is not None:
-                        buffer[t] = slot_grads[slot]
-                for index, slot in enumerate(tape.captured_slots):
+                for buffer, slot in x_pairs:
+                    grad = slot_grads[slot]
+                    buffer[t] = 0 if grad is None else grad
+                for index, slot in per_step_captured:
                     captured.add(index, slot_grads[slot])
-                if any(len(steps) >= DEFER_BLOCK for steps in pending.values()):
+                if pending and len(next(iter(pending.values()))) >= DEFER_BLOCK:
                     _flush_deferred(tape, pending, captured)
             _flush_deferred(tape, pending, captured)
         return (*carry_grads, *xs_grads, *captured.grads)
 
 
 def _seed(slot_grads: list[Any], slot: int, grad: Any) -> None:
+    """Add an output's gradient at its slot (two outputs may share one slot)."""
     if grad is not None:
         current = slot_grads[slot]
         slot_grads[slot] = grad if current is None else current + grad
