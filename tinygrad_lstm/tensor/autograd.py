@@ -200,6 +200,8 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
         else:
             has_grad = output_grads[0] is not None
         if has_grad:
+            if node.saved_versions:
+                _check_saved_versions(node)
             input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
             if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
@@ -233,6 +235,18 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
             node.grads = node.owned = None
         else:
             node.release()
+
+
+def _check_saved_versions(node: Context) -> None:
+    """Refuse a VJP whose saved input was changed in place after the forward pass saved it."""
+    for tensor, version in node.saved_versions:
+        if tensor._version != version:
+            raise RuntimeError(
+                f"one of the tensors the {node.name} op saved for backward was changed in place "
+                f"afterwards: a tensor of shape {tensor.shape} is at version {tensor._version}, "
+                f"the op saved version {version}; its gradient would use the changed values. Change "
+                "it after backward(), or use an out-of-place op (x = x + y) or .clone() before it"
+            )
 
 
 def _fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, node: Context) -> Any:

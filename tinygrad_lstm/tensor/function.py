@@ -91,6 +91,7 @@ class Context:
     retained = None  # output index -> weakref of a tensor that called retain_grad()
     source = None  # where user code created this node (recorded while localizing)
     freed = False  # True once backward released what this node saved
+    saved_versions = None  # ((input tensor, its version when saved), ...) for inputs forward saved
 
     def __init__(self, function, xp, device):
         self.function = function
@@ -184,9 +185,28 @@ class Function:
             ctx.output_meta = meta
             ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
+            if ctx.saved_tensors:
+                ctx.saved_versions = _saved_versions(args, ctx.saved_tensors)
             if record_source is not None:
                 ctx.source = record_source()
         return result
+
+
+def _saved_versions(args: tuple, saved: tuple) -> tuple:
+    """(tensor, version) for each input whose array forward saved: backward checks them.
+
+    An input changed in place after this (``x += 1`` under ``no_grad``, say) has a newer
+    version by then, and the node's VJP would read changed data: backward raises instead.
+    """
+    watched = []
+    for arg in args:
+        if isinstance(arg, Tensor):
+            data = arg.data
+            for array in saved:
+                if array is data:
+                    watched.append((arg, arg._version))
+                    break
+    return tuple(watched)
 
 
 def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: int) -> Tensor:
@@ -200,6 +220,7 @@ def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: in
     tensor.grad = None
     tensor._node = node
     tensor._output_index = index
+    tensor._version = 0
     return tensor
 
 
