@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..tensor import DeviceError, Tensor, get_array_module, int64
+from ..tensor.tensor import in_place_writes
 
 
 def _check_number(owner: str, name: str, value: Any, high: float | None = None) -> float:
@@ -128,7 +129,8 @@ class Optimizer:
         work = [(group, p, grad) for group in self.param_groups for p, grad in self._gradients(group)]
         for group, p, grad in work:
             self.update(p, grad, group)
-            p._version += 1  # as an in-place change: a graph that saved p refuses backward
+            p._version += 1  # an in-place change: a graph that saved p refuses backward
+            in_place_writes.note(p.data)
 
     def update(self, p: Tensor, grad: Any, group: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import backend
 from .function import Context, no_grad
-from .tensor import Tensor
+from .tensor import Tensor, in_place_writes
 
 
 def sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
@@ -200,8 +200,8 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
         else:
             has_grad = output_grads[0] is not None
         if has_grad:
-            if node.saved_versions:
-                _check_saved_versions(node)
+            if node.clock != in_place_writes.clock and node.saved_tensors:
+                _check_saved_arrays(node)
             input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
             if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
@@ -237,15 +237,15 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
             node.release()
 
 
-def _check_saved_versions(node: Context) -> None:
-    """Refuse a VJP whose saved input was changed in place after the forward pass saved it."""
-    for tensor, version in node.saved_versions:
-        if tensor._version != version:
+def _check_saved_arrays(node: Context) -> None:
+    """Refuse a VJP whose saved array was changed in place after the forward pass saved it."""
+    for array in node.saved_tensors:
+        if in_place_writes.changed_since(array, node.clock):
             raise RuntimeError(
-                f"one of the tensors the {node.name} op saved for backward was changed in place "
-                f"afterwards: a tensor of shape {tensor.shape} is at version {tensor._version}, "
-                f"the op saved version {version}; its gradient would use the changed values. Change "
-                "it after backward(), or use an out-of-place op (x = x + y) or .clone() before it"
+                f"an array the {node.name} op saved for backward (shape {tuple(array.shape)}) was "
+                "changed in place afterwards (+=, -=, *=, /=, zero_, copy_ or an optimizer step), so "
+                "its gradient would use the changed values. Change it after backward(), or compute "
+                "out of place (x = x + y), or .clone() it before the op"
             )
 
 

@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 from . import backend
-from .tensor import Tensor
+from .tensor import Tensor, in_place_writes
 
 
 class _GradMode(threading.local):
@@ -69,7 +69,8 @@ class Context:
 
     For the engine, a recorded Context is also a node of the graph: ``edges[i]`` is
     where input ``i``'s gradient goes (a leaf Tensor, a ``(node, output_index)`` pair,
-    or None), and ``grads`` collects the gradients of this node's outputs.
+    or None), ``grads`` collects the gradients of this node's outputs, and ``clock`` is
+    the in-place write clock when it was recorded (see ``tensor.in_place_writes``).
     """
 
     __slots__ = (
@@ -84,6 +85,7 @@ class Context:
         "owned",
         "output_meta",
         "multi_output",
+        "clock",
         "__dict__",
     )
 
@@ -91,7 +93,6 @@ class Context:
     retained = None  # output index -> weakref of a tensor that called retain_grad()
     source = None  # where user code created this node (recorded while localizing)
     freed = False  # True once backward released what this node saved
-    saved_versions = None  # ((input tensor, its version when saved), ...) for inputs forward saved
 
     def __init__(self, function, xp, device):
         self.function = function
@@ -185,28 +186,10 @@ class Function:
             ctx.output_meta = meta
             ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
-            if ctx.saved_tensors:
-                ctx.saved_versions = _saved_versions(args, ctx.saved_tensors)
+            ctx.clock = in_place_writes.clock
             if record_source is not None:
                 ctx.source = record_source()
         return result
-
-
-def _saved_versions(args: tuple, saved: tuple) -> tuple:
-    """(tensor, version) for each input whose array forward saved: backward checks them.
-
-    An input changed in place after this (``x += 1`` under ``no_grad``, say) has a newer
-    version by then, and the node's VJP would read changed data: backward raises instead.
-    """
-    watched = []
-    for arg in args:
-        if isinstance(arg, Tensor):
-            data = arg.data
-            for array in saved:
-                if array is data:
-                    watched.append((arg, arg._version))
-                    break
-    return tuple(watched)
 
 
 def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: int) -> Tensor:

@@ -11,6 +11,7 @@ forward and its vector-Jacobian product stand side by side.
 from __future__ import annotations
 
 import numbers
+import weakref
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,7 @@ class Tensor:
     float32, integers int64, booleans bool; an array keeps its dtype.
     """
 
-    # ``_version`` counts the in-place changes of this tensor: backward compares it with the
-    # version a node saw when it saved the tensor, and refuses to use changed data.
+    # ``_version`` counts the in-place changes of this tensor, as PyTorch's does.
     __slots__ = ("data", "device", "requires_grad", "grad", "_node", "_output_index", "_version", "__weakref__")
 
     # NumPy defers to our reflected operators (np_array * tensor -> Tensor.__rmul__).
@@ -378,29 +378,25 @@ class Tensor:
                 raise ValueError(
                     f"copy_: a source of shape {operand.shape} does not broadcast to {self.shape}"
                 ) from None
-        old = self._old_value("copy_")
+        self._check_may_change("copy_")
         keep_nothing = backend.get_array_module(self.device).zeros(self.shape, dtype=bool)
-        result = _ops.Where.apply(old, operand, condition=keep_nothing)
+        result = _ops.Where.apply(self, operand, condition=keep_nothing)
         if result.dtype != self.dtype:  # copy_ casts whatever it gets, as PyTorch's does
             result = _ops.Cast.apply(result, dtype=self.dtype)
         return self._take_value(result, "copy_")
 
     def _in_place(self, function, other: Any, spelling: str) -> Tensor:
         operand = self._operand(other)
-        result = _apply_binary(function, self._old_value(spelling), operand)
-        return self._take_value(result, spelling)
+        self._check_may_change(spelling)
+        return self._take_value(_apply_binary(function, self, operand), spelling)
 
-    def _old_value(self, spelling: str) -> Tensor:
-        """Self's current value as its own Tensor (a node saving it must not see the change)."""
+    def _check_may_change(self, spelling: str) -> None:
         if self.requires_grad and self._node is None and _function.is_grad_enabled():
             raise RuntimeError(
                 f"in-place {spelling} on a leaf tensor that requires grad (a Parameter, say) while "
                 "gradients are recorded: its gradient would be lost. Update parameters inside "
                 "`with tl.no_grad():` (as an optimizer does), or write x = x + y for a new tensor"
             )
-        old = Tensor._make(self.data, self.device, self.requires_grad, self._node, self._output_index)
-        old._version = self._version
-        return old
 
     def _take_value(self, result: Tensor, spelling: str) -> Tensor:
         """Make self hold ``result``: as its node when recorded, else in its own array."""
@@ -427,6 +423,7 @@ class Tensor:
                     f"in-place {spelling} on a tensor whose array cannot be written ({error}); "
                     "an expanded tensor shares one element among many: .clone() it first"
                 ) from None
+            in_place_writes.note(self.data)
         self._version += 1
         return self
 
@@ -672,6 +669,52 @@ class Tensor:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+class InPlaceWrites:
+    """A clock of in-place writes into arrays, and when each written array was last written.
+
+    Each recorded node keeps the clock of its recording (``Context.clock``). Before a VJP
+    runs, backward asks whether any array the node saved was written since then; if so,
+    the VJP would compute with changed values, and backward raises instead. As long as
+    nothing is written in place (the clock stands still), that check costs one comparison.
+    Stamps refer to arrays weakly, so a written array is freed as usual.
+    """
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.stamps: dict[int, tuple[Any, int]] = {}  # id(array) -> (reference to it, clock)
+        self.prune_at = 1024
+
+    def note(self, array: Any) -> None:
+        """``array`` was just written in place."""
+        self.clock += 1
+        try:
+            reference = weakref.ref(array)
+        except TypeError:  # an array type without weak references: keep it alive instead
+            reference = _StrongReference(array)
+        self.stamps[id(array)] = (reference, self.clock)
+        if len(self.stamps) >= self.prune_at:
+            self.stamps = {key: entry for key, entry in self.stamps.items() if entry[0]() is not None}
+            self.prune_at = 2 * len(self.stamps) + 1024
+
+    def changed_since(self, array: Any, clock: int) -> bool:
+        """True if ``array`` was written in place after ``clock``."""
+        entry = self.stamps.get(id(array))
+        return entry is not None and entry[1] > clock and entry[0]() is array
+
+
+class _StrongReference:
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any):
+        self.array = array
+
+    def __call__(self) -> Any:
+        return self.array
+
+
+in_place_writes = InPlaceWrites()
 
 
 class ElementCount(int):
