@@ -183,7 +183,12 @@ def plot_losses(results: dict[str, Any], path: Path) -> None:
     )
     axes.legend(loc="lower left")
     axes.grid(True, which="major", alpha=0.3)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata=_picture_metadata(results))
+
+
+def _picture_metadata(results: dict[str, Any]) -> dict[str, str]:
+    """PNG text: which run drew this picture (checked by tests/test_demo_figures.py)."""
+    return {"Description": f"tinygrad-lstm demo run {results['run_id']}"}
 
 
 def plot_gradient_flow(results: dict[str, Any], path: Path) -> None:
@@ -213,7 +218,7 @@ def plot_gradient_flow(results: dict[str, Any], path: Path) -> None:
     axes.set_title("How much of the loss's gradient reaches input x_t")
     axes.legend(loc="lower left", fontsize=9)
     axes.grid(True, which="major", alpha=0.3)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata=_picture_metadata(results))
 
 
 def demo_table(results: dict[str, Any]) -> str:
@@ -232,7 +237,7 @@ def demo_table(results: dict[str, Any]) -> str:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from .apps.demo import MODEL_KINDS, MODEL_LABELS, run_demo
+    from .apps.demo import MODEL_KINDS, MODEL_LABELS, run_demo, run_id
 
     for name in ("seq_len", "hidden", "steps", "batch", "test_size"):
         if getattr(args, name) < (2 if name == "seq_len" else 1):
@@ -281,6 +286,8 @@ def command_demo(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     results["total_seconds"] = time.perf_counter() - start
+    results["blas_threads"] = args.threads or "library default"
+    results["run_id"] = run_id(results)
     plot_losses(results, out / "losses.png")
     plot_gradient_flow(results, out / "gradient_flow.png")
     results["files"] = ["losses.png", "gradient_flow.png", "results.json"]
