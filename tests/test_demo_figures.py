@@ -97,8 +97,10 @@ def test_refresh_rewrites_every_quote_from_a_new_run(tmp_path, monkeypatch, resu
         demo_figures.refresh(new_run)
 
     for name in demo_figures.PICTURES:
-        data = (ROOT / "docs" / "images" / name).read_bytes().replace(
-            results["run_id"].encode(), changed["run_id"].encode()
+        data = (
+            (ROOT / "docs" / "images" / name)
+            .read_bytes()
+            .replace(results["run_id"].encode(), changed["run_id"].encode())
         )
         (new_run / name).write_bytes(data)
     demo_figures.refresh(new_run)
