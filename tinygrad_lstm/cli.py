@@ -517,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a character-level LSTM language model",
         description="Train Embedding → LSTM → Linear on characters with truncated BPTT, gradient clipping "
         "and Adam; by default on the docstrings of Python's standard library (built at run time, offline). "
-        "Saves checkpoints (tl.save .npz with the vocabulary) and prints a generated sample.",
+        "Saves checkpoints (tl.save .npz with the vocabulary; also on Ctrl-C, after the current step) "
+        "and prints a generated sample. The default run, 2500 steps at 50-100 ms each, takes 2 to 4 "
+        "minutes on 2 cores.",
     )
     lm.add_argument(
         "--text", default=None, metavar="FILE", help="UTF-8 text file to train on (default: stdlib docstrings)"
