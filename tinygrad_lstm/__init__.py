@@ -12,6 +12,7 @@ use (they would add about a quarter to the import time of every ``import tinygra
 from .serialization import load, save  # noqa: E402
 from .tensor import *  # noqa: F403
 from .tensor import __all__ as _tensor_all
+from .tensor import double, float, long  # noqa: A004, F401  (PyTorch's dtype names, kept out of __all__)
 
 __version__ = "0.1.0"
 __all__ = [*_tensor_all, "load", "save"]

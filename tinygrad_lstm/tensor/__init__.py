@@ -34,6 +34,7 @@ from .tensor import (
 )
 
 # PyTorch's dtype names (``tl.float`` is ``torch.float``, float32; ``tl.long`` is int64).
+# Not in __all__: ``from tinygrad_lstm import *`` must not shadow the builtin ``float``.
 float = float32  # noqa: A001
 double = float64
 long = int64
@@ -108,10 +109,8 @@ __all__ = [
     "chunk",
     "clip",
     "clone",
-    "double",
     "exp",
     "expand",
-    "float",
     "float32",
     "float64",
     "full",
@@ -124,7 +123,6 @@ __all__ = [
     "log",
     "log_softmax",
     "logsumexp",
-    "long",
     "manual_seed",
     "matmul",
     "max",

@@ -70,7 +70,7 @@ class Context:
     For the engine, a recorded Context is also a node of the graph: ``edges[i]`` is
     where input ``i``'s gradient goes (a leaf Tensor, a ``(node, output_index)`` pair,
     or None), ``grads`` collects the gradients of this node's outputs, and ``clock`` is
-    the in-place write clock when it was recorded (see ``tensor.in_place_writes``).
+    the in-place write clock when it was made (see ``tensor.InPlaceWrites``).
     """
 
     __slots__ = (
@@ -100,6 +100,7 @@ class Context:
         self.device = device
         self.output_device = device
         self.saved_tensors = ()
+        self.clock = in_place_writes.clock
 
     def save_for_backward(self, *arrays: Any) -> None:
         """Keep ``arrays`` until the backward pass has used them."""
@@ -186,7 +187,6 @@ class Function:
             ctx.output_meta = meta
             ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
-            ctx.clock = in_place_writes.clock
             if record_source is not None:
                 ctx.source = record_source()
         return result
