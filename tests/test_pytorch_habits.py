@@ -516,6 +516,13 @@ def test_zero_grad_set_to_none_or_zeros():
     assert p.grad is held and p.grad.tolist() == [0.0, 0.0]
     optimizer.zero_grad()
     assert p.grad is None
+    model = nn.Linear(2, 1)
+    model(tl.ones(1, 2)).sum().backward()
+    grad = model.weight.grad
+    model.zero_grad(set_to_none=False)
+    assert model.weight.grad is grad and grad.tolist() == [[0.0, 0.0]]
+    model.zero_grad()
+    assert model.weight.grad is None and model.bias.grad is None
 
 
 @pytest.mark.parametrize(

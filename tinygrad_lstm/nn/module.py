@@ -153,10 +153,13 @@ class Module:
         return LoadResult(missing, unexpected)
 
     # ----------------------------------------------------------- behaviour
-    def zero_grad(self) -> None:
-        """Set every parameter's ``.grad`` to None."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every parameter's ``.grad`` to None (the default, as PyTorch), or fill it with 0."""
         for parameter in self.parameters():
-            parameter.grad = None
+            if set_to_none or parameter.grad is None:
+                parameter.grad = None
+            else:
+                parameter.grad.zero_()
 
     def train(self, mode: bool = True) -> Module:
         """Training mode (dropout active) for this module and all submodules.
