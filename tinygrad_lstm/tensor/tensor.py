@@ -344,7 +344,8 @@ class Tensor:
     # into x's own array. Otherwise the change is recorded as ``x = x + y`` would be: x
     # takes over the result's node. A leaf that requires grad cannot change in place while
     # gradients are recorded (its gradient would be lost), as in PyTorch. Every change
-    # bumps ``x._version``, so a backward that saved the old x refuses to run.
+    # bumps ``x._version`` (PyTorch's count), and a write into an array is stamped in
+    # ``in_place_writes``, so a backward that saved the old values refuses to run.
 
     def __iadd__(self, other):
         return self._in_place(_ops.Add, other, "+=")
