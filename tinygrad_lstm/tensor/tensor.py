@@ -735,6 +735,9 @@ class ElementCount(int):
             return self.shape
         return self.shape[_single_axis(dim, len(self.shape))]
 
+    def __reduce__(self):  # pickled and copied as the plain int it is
+        return (int, (int(self),))
+
 
 class MaxResult(tuple):
     """``t.max(dim=...)``'s result, as PyTorch's: ``.values`` and ``.indices`` (a pair)."""
