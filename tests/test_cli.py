@@ -121,6 +121,11 @@ def test_demo_small_budget_writes_table_plots_and_results(tmp_path, capsys):
         # at initialisation the gradient reaching x_t fades with the distance from the end
         flow = model["gradient_flow_initial"]
         assert flow[0] > flow[-1]
+    from tinygrad_lstm.apps.demo import run_id
+
+    assert results["run_id"] == run_id(results) and results["blas_threads"] == 1
+    for name in ("losses.png", "gradient_flow.png"):  # each picture names the run that drew it
+        assert f"tinygrad-lstm demo run {results['run_id']}".encode() in (out / name).read_bytes()
 
 
 def test_demo_rejects_bad_numbers(capsys):
@@ -263,3 +268,63 @@ def test_gradcheck_reports_a_wrong_gradient(capsys, monkeypatch):
 def test_gradcheck_filter_matches_nothing(capsys):
     code, _, err = run(capsys, "gradcheck", "-k", "no such check")
     assert_one_line_error(code, err, "--list")
+
+
+# ------------------------------------------------------------ threads, logs, Ctrl-C
+
+
+def test_blas_threads_are_chosen_by_the_cli(capsys, monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+    default = blas_threads()
+    seen = []
+    monkeypatch.setattr(battery, "battery", lambda: seen.append(blas_threads()) or [])  # runs inside the command
+    assert main(["gradcheck", "--list"]) == 0
+    assert main(["gradcheck", "--list", "--threads", "0"]) == 0
+    assert seen[0] and all(count == 1 for count in seen[0])  # the default: one thread
+    assert seen[1] == default  # 0: the BLAS library's own choice
+    assert blas_threads() == default  # put back afterwards
+    code, _, err = run(capsys, "gradcheck", "--threads", "-1")
+    assert_one_line_error(code, err, "--threads")
+
+
+def test_progress_is_logged_as_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(ENGLISH * 4, encoding="utf-8")
+    argv = [*TINY, "--text", str(text_file), "--checkpoint", str(tmp_path / "lm.npz"), "--sample-every", "0"]
+    code, _, err = run(capsys, "charlm", *argv, "--steps", "20")
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("charlm: ")]
+    assert len(lines) == 10, err  # one line per tenth of the run
+    assert re.match(r"charlm: 2/20 steps \(10%\), [\d.e-]+ s/step, about .* left", lines[0]), lines[0]
+    assert lines[-1].startswith("charlm: 20/20 steps (100%)") and "left" not in lines[-1]
+
+
+def test_charlm_saves_on_ctrl_c_after_the_current_step(tmp_path):
+    import signal
+    import time
+
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(ENGLISH * 8, encoding="utf-8")
+    checkpoint = tmp_path / "lm.npz"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tinygrad_lstm", "charlm", *TINY, "--text", str(text_file), "--steps", "1000000"]
+        + ["--checkpoint", str(checkpoint), "--checkpoint-every", "0", "--sample-every", "0"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()  # the "charlm: ... characters" line: training has started
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "stopping after this step and saving" in stderr and "interrupted at step" in stderr
+    step = int(tl.load(checkpoint)["step"])
+    assert step > 0 and f"checkpoint: {checkpoint} (step {step})" in stdout

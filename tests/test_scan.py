@@ -1218,3 +1218,43 @@ def test_checkpointing_lowers_peak_memory() -> None:
     assert checkpointed < 0.5 * full, (
         f"peak {checkpointed / 1e6:.2f} MB with checkpoint=14, {full / 1e6:.2f} MB without"
     )
+
+
+# ------------------------------------------------------------- in-place changes
+
+
+def test_an_in_place_change_after_the_compiled_forward_makes_backward_raise():
+    tl.manual_seed(0)
+    layer = nn.LSTM(3, 4)
+    x = tl.randn(5, 2, 3)
+    output, _ = layer(x)
+    loss = output.sum()
+    with tl.no_grad():
+        layer.weight_hh_l0 -= 0.1  # a weight the loop's steps saved
+    with pytest.raises(RuntimeError, match="changed in place"):
+        loss.backward()
+    output, _ = layer(x)
+    with tl.no_grad():
+        output += 1.0  # the outputs are saved too: the next step's matmul reads h_t
+    with pytest.raises(RuntimeError, match="changed in place"):
+        output.sum().backward()
+
+
+def test_in_place_ops_inside_a_traced_function():
+    def bump(a):
+        y = a * 2.0
+        y += 1.0  # an intermediate: recorded on the tape like y = y + 1
+        return y * y
+
+    a = tl.Tensor([1.0, 2.0], requires_grad=True, dtype=tl.float64)
+    compiled = tl.compile(bump)(a)
+    compiled.sum().backward()
+    compiled_grad, a.grad = a.grad.numpy(), None
+    bump(a).sum().backward()
+    np.testing.assert_allclose(compiled.numpy(), [9.0, 25.0])
+    np.testing.assert_allclose(compiled_grad, a.grad.numpy(), rtol=1e-12)
+    with pytest.raises(tl.TraceError, match="in-place"):
+        tl.compile(lambda t: t.__iadd__(1.0))(tl.Tensor([1.0]))  # an input: the write would happen once
+    weight = tl.Tensor([1.0])
+    with pytest.raises(tl.TraceError, match="in-place"):
+        tl.compile(lambda t: (weight.__imul__(2.0), t * weight)[1])(tl.Tensor([1.0]))

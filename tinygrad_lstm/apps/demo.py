@@ -18,6 +18,8 @@ data; ``on_step`` callbacks let the caller show progress.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -203,3 +205,13 @@ def run_demo(
         callback = None if on_step is None else (lambda step, loss, kind=kind: on_step(kind, step, loss))
         results["models"][kind] = run_model(kind, config, test, callback)
     return results
+
+
+def run_id(results: dict[str, Any]) -> str:
+    """A digest of a run's configuration and every number of its models: names the run.
+
+    The CLI stores it in results.json and in the pictures it draws, so a figure or picture
+    quoted in the docs can be traced to (and checked against) the run it came from.
+    """
+    payload = json.dumps({"config": results["config"], "models": results["models"]}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

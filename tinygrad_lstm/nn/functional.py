@@ -7,14 +7,14 @@ from typing import Any
 from ..tensor import Tensor, arange, rand
 
 
-def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """exp(x - logsumexp(x)) along ``axis``: stable for any magnitude of x."""
-    return (x - x.logsumexp(axis=axis, keepdims=True)).exp()
+def softmax(x: Tensor, axis: int = -1, *, dim: int | None = None) -> Tensor:
+    """exp(x - logsumexp(x)) along ``axis`` (PyTorch: ``dim``), as ``x.softmax(axis)``."""
+    return x.softmax(axis, dim=dim)
 
 
-def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """x - logsumexp(x) along ``axis``."""
-    return x - x.logsumexp(axis=axis, keepdims=True)
+def log_softmax(x: Tensor, axis: int = -1, *, dim: int | None = None) -> Tensor:
+    """x - logsumexp(x) along ``axis`` (PyTorch: ``dim``), as ``x.log_softmax(axis)``."""
+    return x.log_softmax(axis, dim=dim)
 
 
 def _as_index_tensor(targets: Any, device: str) -> Tensor:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..tensor import Tensor, as_dtype, backend
+from ..tensor.tensor import device_and_dtype
 
 
 class Parameter(Tensor):
@@ -59,6 +60,8 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameter_names" not in self.__dict__:
             raise AttributeError(f"assign {name!r} after calling super().__init__() in {type(self).__name__}.__init__")
+        if name in self._parameter_names and self.__dict__.get(name) is value:
+            return  # ``self.weight -= ...`` assigns the same Parameter back: keep its place
         for registry in (self._parameter_names, self._module_names):
             if name in registry:
                 registry.remove(name)
@@ -150,10 +153,13 @@ class Module:
         return LoadResult(missing, unexpected)
 
     # ----------------------------------------------------------- behaviour
-    def zero_grad(self) -> None:
-        """Set every parameter's ``.grad`` to None."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every parameter's ``.grad`` to None (the default, as PyTorch), or fill it with 0."""
         for parameter in self.parameters():
-            parameter.grad = None
+            if set_to_none or parameter.grad is None:
+                parameter.grad = None
+            else:
+                parameter.grad.zero_()
 
     def train(self, mode: bool = True) -> Module:
         """Training mode (dropout active) for this module and all submodules.
@@ -170,16 +176,26 @@ class Module:
         """Evaluation mode (dropout off)."""
         return self.train(False)
 
-    def to(self, device: str) -> Module:
-        """Move every parameter (and its gradient) to ``device``, in place; returns self."""
-        backend.get_device(device)
+    def to(self, *device_or_dtype: Any, device: str | None = None, dtype: Any = None) -> Module:
+        """Move every parameter (and its gradient) to a device and/or cast it, in place; returns self.
+
+        As in PyTorch: ``model.to("cuda")``, ``model.to(tl.float64)``, ``model.to("cuda",
+        tl.float64)``, or the keywords ``device=`` and ``dtype=``.
+        """
+        device, dtype = device_and_dtype(f"{type(self).__name__}.to", device_or_dtype, device, dtype)
+        if device is not None:
+            self._move_to(device)
+        if dtype is not None:
+            self.astype(dtype)
+        return self
+
+    def _move_to(self, device: str) -> None:
         for parameter in self.parameters():
             if parameter.device != device:
                 parameter.data = backend.to_device(parameter.data, parameter.device, device)
                 if parameter.grad is not None:
                     parameter.grad = parameter.grad.to(device).detach()
                 parameter.device = device
-        return self
 
     def astype(self, dtype: Any) -> Module:
         """Cast every floating parameter to ``dtype``, in place (drops gradients); returns self."""
@@ -188,6 +204,14 @@ class Module:
             parameter.data = parameter.data.astype(dtype)
             parameter.grad = None
         return self
+
+    def double(self) -> Module:
+        """Cast every parameter to float64 (``astype(tl.float64)``); returns self."""
+        return self.astype("float64")
+
+    def float(self) -> Module:
+        """Cast every parameter to float32 (``astype(tl.float32)``); returns self."""
+        return self.astype("float32")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
@@ -228,14 +252,27 @@ class ModuleList(Module):
         return self.children()
 
     def __getitem__(self, index: int) -> Module:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError(f"{type(self).__name__} indices must be integers (or slices), not {type(index).__name__}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range for a {type(self).__name__} of {len(self)} modules")
         return getattr(self, self._module_names[index])
 
 
 class Sequential(ModuleList):
-    """Modules applied one after another: ``Sequential(a, b)(x) == b(a(x))``."""
+    """Modules applied one after another: ``Sequential(a, b)(x) == b(a(x))``.
+
+    ``model[0]`` is the first module, ``model[-1]`` the last, and ``model[1:]`` a
+    Sequential of the same (shared) modules, as in PyTorch.
+    """
 
     def __init__(self, *modules: Module):
         super().__init__(modules)
+
+    def __getitem__(self, index: int | slice) -> Module:
+        if isinstance(index, slice):
+            return Sequential(*[getattr(self, name) for name in self._module_names[index]])
+        return super().__getitem__(index)
 
     def forward(self, x: Any) -> Any:
         for module in self:

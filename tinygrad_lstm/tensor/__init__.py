@@ -1,10 +1,13 @@
 """The autodiff engine: Tensor, primitive ops with their VJPs, the backward pass, devices.
 
-This package imports nothing else of tinygrad_lstm.
+This package imports nothing else of tinygrad_lstm. It is also callable, for PyTorch's
+habit: ``tl.tensor([1.0, 2.0])`` is ``tl.Tensor([1.0, 2.0])`` (see ``_CallablePackage``).
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 from . import ops
@@ -14,7 +17,28 @@ from .backend import default_device as get_default_device
 from .creation import arange, full, manual_seed, ones, ones_like, rand, randn, zeros, zeros_like
 from .function import Context, Function, TraceError, is_grad_enabled, no_grad, set_grad_enabled
 from .scan import compile, scan  # noqa: A004  (tl.compile, as torch.compile)
-from .tensor import Tensor, as_dtype, bool_, cat, float32, float64, int64, linear, matmul, maximum, stack, where
+from .tensor import (
+    ElementCount,
+    MaxResult,
+    Tensor,
+    as_dtype,
+    bool_,
+    cat,
+    float32,
+    float64,
+    int64,
+    linear,
+    matmul,
+    maximum,
+    stack,
+    where,
+)
+
+# PyTorch's dtype names (``tl.float`` is ``torch.float``, float32; ``tl.long`` is int64).
+# Not in __all__: ``from tinygrad_lstm import *`` must not shadow the builtin ``float``.
+float = float32  # noqa: A001
+double = float64
+long = int64
 
 
 def _method(name: str):
@@ -46,21 +70,47 @@ unsqueeze = _method("unsqueeze")
 split = _method("split")
 chunk = _method("chunk")
 unbind = _method("unbind")
+permute = _method("permute")
+clone = _method("clone")
+argmax = _method("argmax")
+argmin = _method("argmin")
+softmax = _method("softmax")
+log_softmax = _method("log_softmax")
+
+
+class _CallablePackage(types.ModuleType):
+    """The engine package, callable as PyTorch's ``torch.tensor`` factory.
+
+    ``tl.tensor`` names this subpackage (``tl.tensor.ops``, ``tl.tensor.backend``), and a
+    PyTorch user's first line is ``tl.tensor([1.0, 2.0])``; calling the package makes a
+    Tensor, with torch.tensor's argument order. ``tl.Tensor(...)`` is the same thing.
+    """
+
+    def __call__(self, data: Any, dtype: Any = None, device: str | None = None, requires_grad: bool = False) -> Tensor:
+        return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 __all__ = [
     "Context",
     "DeviceError",
+    "ElementCount",
     "Function",
+    "MaxResult",
     "Tensor",
     "TraceError",
     "abs",
     "arange",
+    "argmax",
+    "argmin",
     "as_dtype",
     "backward",
     "bool_",
     "cat",
     "chunk",
     "clip",
+    "clone",
     "compile",
     "exp",
     "expand",
@@ -74,6 +124,7 @@ __all__ = [
     "is_grad_enabled",
     "linear",
     "log",
+    "log_softmax",
     "logsumexp",
     "manual_seed",
     "matmul",
@@ -84,6 +135,7 @@ __all__ = [
     "ones",
     "ones_like",
     "ops",
+    "permute",
     "rand",
     "randn",
     "register_device",
@@ -93,6 +145,7 @@ __all__ = [
     "set_default_device",
     "set_grad_enabled",
     "sigmoid",
+    "softmax",
     "split",
     "sqrt",
     "squeeze",

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import backend
 from .function import Context, no_grad
-from .tensor import Tensor
+from .tensor import Tensor, in_place_writes
 
 
 def sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
@@ -213,6 +213,8 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
         else:
             has_grad = output_grads[0] is not None
         if has_grad:
+            if node.clock != in_place_writes.clock and node.saved_tensors:
+                _check_saved_arrays(node)
             input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
             if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
@@ -246,6 +248,18 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
             node.grads = node.owned = None
         else:
             node.release()
+
+
+def _check_saved_arrays(node: Context) -> None:
+    """Refuse a VJP whose saved array was changed in place after the forward pass saved it."""
+    for array in node.saved_tensors:
+        if in_place_writes.changed_since(array, node.clock):
+            raise RuntimeError(
+                f"an array the {node.name} op saved for backward (shape {tuple(array.shape)}) was "
+                "changed in place afterwards (+=, -=, *=, /=, zero_, copy_ or an optimizer step), so "
+                "its gradient would use the changed values. Change it after backward(), or compute "
+                "out of place (x = x + y), or .clone() it before the op"
+            )
 
 
 def _fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, node: Context) -> Any:

@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 from . import backend
-from .tensor import Tensor
+from .tensor import Tensor, in_place_writes
 
 
 class _GradMode(threading.local):
@@ -94,7 +94,8 @@ class Context:
 
     For the engine, a recorded Context is also a node of the graph: ``edges[i]`` is
     where input ``i``'s gradient goes (a leaf Tensor, a ``(node, output_index)`` pair,
-    or None), and ``grads`` collects the gradients of this node's outputs.
+    or None), ``grads`` collects the gradients of this node's outputs, and ``clock`` is
+    the in-place write clock when it was made (see ``tensor.InPlaceWrites``).
     """
 
     __slots__ = (
@@ -109,6 +110,7 @@ class Context:
         "owned",
         "output_meta",
         "multi_output",
+        "clock",
         "__dict__",
     )
 
@@ -123,6 +125,7 @@ class Context:
         self.device = device
         self.output_device = device
         self.saved_tensors = ()
+        self.clock = in_place_writes.clock
 
     def save_for_backward(self, *arrays: Any) -> None:
         """Keep ``arrays`` until the backward pass has used them."""
@@ -227,6 +230,7 @@ def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: in
     tensor.grad = None
     tensor._node = node
     tensor._output_index = index
+    tensor._version = 0
     return tensor
 
 

@@ -136,6 +136,7 @@ class Tracer:
         self.devices: set[str] = set()
         self.captured: list[Tensor] = []
         self.captured_slots: list[int] = []
+        self.input_slots: set[int] = set()
         self.ops: list[TapeOp] = []
 
     def _new_slot(self, tensor: Tensor, requires: bool) -> int:
@@ -155,7 +156,7 @@ class Tracer:
         """
         requires = (value.requires_grad if requires is None else requires) and is_grad_enabled()
         stand_in = Tensor._make(value.data, value.device, requires_grad=requires)
-        self._new_slot(stand_in, requires)
+        self.input_slots.add(self._new_slot(stand_in, requires))
         return stand_in
 
     def slot(self, tensor: Tensor) -> int:
@@ -166,6 +167,18 @@ class Tracer:
             self.captured.append(tensor)
             self.captured_slots.append(slot)
         return slot
+
+    def rebind(self, tensor: Tensor, result: Tensor, spelling: str) -> None:
+        """An in-place op while tracing: ``tensor`` holds ``result``'s value from now on.
+
+        Only a value the function computed may change in place: a write into an input
+        or a captured tensor (a parameter) would happen once, at trace time, and never
+        at a replay.
+        """
+        slot = self.slot_of.get(id(tensor))
+        if slot is None or slot in self.captured_slots or slot in self.input_slots:
+            function.check_not_tracing(f"in-place {spelling} on an input or a tensor the function reads")
+        self.slot_of[id(tensor)] = self.slot_of[id(result)]
 
     def is_traced_value(self, tensor: Tensor) -> bool:
         """True for a value computed from the inputs while tracing (not a constant)."""
@@ -596,6 +609,9 @@ class Scan(Function):
             ctx.loop, ctx.steps, ctx.checkpoints = loop, steps, checkpoints
             if loop.checkpoint is not None:
                 ctx.inputs = arrays  # recomputation replays from them
+            # The steps' Contexts hold these arrays (or views of them): declared, so that
+            # backward refuses to run if one is changed in place in the meantime.
+            ctx.save_for_backward(*arrays, *ys)
         return (*carry, *ys)
 
     @staticmethod
@@ -810,9 +826,11 @@ class Compiled(Function):
         for slot, array in zip(tape.input_slots + tape.captured_slots, arrays):
             values[slot] = array
         contexts = run_forward(tape, values, program.keep)
+        outputs = tuple(values[slot] for slot in tape.output_slots)
         if program.keep:
             ctx.program, ctx.contexts = program, contexts
-        return tuple(values[slot] for slot in tape.output_slots)
+            ctx.save_for_backward(*arrays, *outputs)  # what the Contexts may hold: checked before backward
+        return outputs
 
     @staticmethod
     def backward(ctx, *grads):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import weakref
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,8 @@ class Tensor:
     float32, integers int64, booleans bool; an array keeps its dtype.
     """
 
-    __slots__ = ("data", "device", "requires_grad", "grad", "_node", "_output_index", "__weakref__")
+    # ``_version`` counts the in-place changes of this tensor, as PyTorch's does.
+    __slots__ = ("data", "device", "requires_grad", "grad", "_node", "_output_index", "_version", "__weakref__")
 
     # NumPy defers to our reflected operators (np_array * tensor -> Tensor.__rmul__).
     __array_ufunc__ = None
@@ -96,6 +98,7 @@ class Tensor:
         self.grad = None
         self._node = None
         self._output_index = 0
+        self._version = 0
 
     @classmethod
     def _make(cls, array: Any, device: str, requires_grad: bool = False, node: Any = None, index: int = 0) -> Tensor:
@@ -107,6 +110,7 @@ class Tensor:
         tensor.grad = None
         tensor._node = node
         tensor._output_index = index
+        tensor._version = 0
         return tensor
 
     # ----------------------------------------------------------------- attributes
@@ -123,8 +127,13 @@ class Tensor:
         return self.data.dtype
 
     @property
-    def size(self) -> int:
-        return int(self.data.size)
+    def size(self) -> ElementCount:
+        """The number of elements (NumPy's ``t.size``); ``t.size()`` is PyTorch's shape."""
+        return ElementCount(self.data.size, self.data.shape)
+
+    def dim(self) -> int:
+        """The number of dimensions, ``ndim`` (PyTorch's spelling)."""
+        return self.data.ndim
 
     @property
     def is_leaf(self) -> bool:
@@ -252,12 +261,19 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         return self
 
-    def to(self, device: str) -> Tensor:
-        """This tensor on ``device`` (``"cpu"`` or ``"cuda"``); differentiable."""
-        backend.get_device(device)
-        if device == self.device:
-            return self
-        return _ops.ToDevice.apply(self, device=device)
+    def to(self, *device_or_dtype: Any, device: str | None = None, dtype: Any = None) -> Tensor:
+        """This tensor on a device (``"cpu"``, ``"cuda"``) and/or as a dtype; differentiable.
+
+        ``t.to("cuda")``, ``t.to(tl.float64)``, ``t.to("cuda", tl.float64)`` and the keywords
+        ``device=``/``dtype=`` all work, as in PyTorch.
+        """
+        device, dtype = device_and_dtype("Tensor.to", device_or_dtype, device, dtype)
+        result = self
+        if device is not None and device != result.device:
+            result = _ops.ToDevice.apply(result, device=device)
+        if dtype is not None:
+            result = result.astype(dtype)
+        return result
 
     def cpu(self) -> Tensor:
         return self.to("cpu")
@@ -276,6 +292,10 @@ class Tensor:
                     return _ops.Cast.apply(self, dtype=dtype)
             return Tensor._make(self.data.astype(dtype), self.device)
         return _ops.Cast.apply(self, dtype=dtype)
+
+    def clone(self) -> Tensor:
+        """A copy with its own array; differentiable (VJP: g), as PyTorch's ``clone``."""
+        return _ops.Cast.apply(self, dtype=self.dtype)  # astype copies: a Cast to its own dtype
 
     def float(self) -> Tensor:
         return self.astype(float32)
@@ -343,6 +363,101 @@ class Tensor:
     def __pos__(self):
         return self
 
+    # ------------------------------------------------------------------ in place
+    # ``x += y`` changes the tensor ``x`` itself (a Parameter stays the same Parameter).
+    # Under no_grad, or when nothing involved requires grad, the new values are written
+    # into x's own array. Otherwise the change is recorded as ``x = x + y`` would be: x
+    # takes over the result's node. A leaf that requires grad cannot change in place while
+    # gradients are recorded (its gradient would be lost), as in PyTorch. Every change
+    # bumps ``x._version`` (PyTorch's count), and a write into an array is stamped in
+    # ``in_place_writes``, so a backward that saved the old values refuses to run.
+
+    def __iadd__(self, other):
+        return self._in_place(_ops.Add, other, "+=")
+
+    def __isub__(self, other):
+        return self._in_place(_ops.Sub, other, "-=")
+
+    def __imul__(self, other):
+        return self._in_place(_ops.Mul, other, "*=")
+
+    def __itruediv__(self, other):
+        return self._in_place(_ops.Div, other, "/=")
+
+    def zero_(self) -> Tensor:
+        """Set every element to 0, in place (the rules of ``+=``); returns self."""
+        return self.copy_(0)
+
+    def copy_(self, source: Any) -> Tensor:
+        """Copy ``source`` (broadcast to this shape, cast to this dtype) into self, in place.
+
+        Recorded in grad mode as ``where(False, self, source)``: the gradient goes to
+        ``source``, the old values get none. Returns self.
+        """
+        if isinstance(source, Tensor) and source.device != self.device:
+            source = source.to(self.device)
+        operand = self._operand(source)
+        if isinstance(operand, Tensor):
+            try:
+                np.broadcast_shapes(operand.shape, self.shape)
+            except ValueError:
+                raise ValueError(
+                    f"copy_: a source of shape {operand.shape} does not broadcast to {self.shape}"
+                ) from None
+        self._check_may_change("copy_")
+        keep_nothing = backend.get_array_module(self.device).zeros(self.shape, dtype=bool)
+        result = _ops.Where.apply(self, operand, Tensor._make(keep_nothing, self.device))
+        if result.dtype != self.dtype:  # copy_ casts whatever it gets, as PyTorch's does
+            result = _ops.Cast.apply(result, dtype=self.dtype)
+        return self._take_value(result, "copy_")
+
+    def _in_place(self, function, other: Any, spelling: str) -> Tensor:
+        operand = self._operand(other)
+        self._check_may_change(spelling)
+        return self._take_value(_apply_binary(function, self, operand), spelling)
+
+    def _check_may_change(self, spelling: str) -> None:
+        tracing = _function.tracer is not None  # values on a tape have no nodes: the tracer judges (rebind)
+        if self.requires_grad and self._node is None and _function.is_grad_enabled() and not tracing:
+            raise RuntimeError(
+                f"in-place {spelling} on a leaf tensor that requires grad (a Parameter, say) while "
+                "gradients are recorded: its gradient would be lost. Update parameters inside "
+                "`with tl.no_grad():` (as an optimizer does), or write x = x + y for a new tensor"
+            )
+
+    def _take_value(self, result: Tensor, spelling: str) -> Tensor:
+        """Make self hold ``result``: as its node when recorded, else in its own array."""
+        if result.shape != self.shape:
+            raise ValueError(
+                f"in-place {spelling}: the result has shape {result.shape}, the tensor {self.shape}; "
+                "an in-place op cannot change a tensor's shape (use x = x + y)"
+            )
+        if result.dtype != self.dtype:
+            if not np.can_cast(result.dtype, self.dtype, casting="same_kind"):
+                raise TypeError(
+                    f"in-place {spelling}: the result is {result.dtype}, which cannot be stored in this "
+                    f"{self.dtype} tensor (use x = x + y, or cast first with .astype)"
+                )
+            result = _ops.Cast.apply(result, dtype=self.dtype)
+        if _function.tracer is not None:  # tracing: self now stands for the result's value on the tape
+            _function.tracer.rebind(self, result, spelling)
+            self.data, self._node, self._output_index = result.data, result._node, result._output_index
+            self.requires_grad = result.requires_grad
+        elif result.requires_grad:  # recorded: self becomes the result, node and all
+            self.data, self._node, self._output_index = result.data, result._node, result._output_index
+            self.requires_grad = True
+        else:
+            try:
+                self.data[...] = result.data
+            except ValueError as error:  # a read-only array: a broadcast view (expand)
+                raise ValueError(
+                    f"in-place {spelling} on a tensor whose array cannot be written ({error}); "
+                    "an expanded tensor shares one element among many: .clone() it first"
+                ) from None
+            in_place_writes.note(self.data)
+        self._version += 1
+        return self
+
     # ---------------------------------------------- comparisons (no gradient)
     def _compare(self, other: Any, compare) -> Tensor:
         other = self._operand(other)
@@ -407,24 +522,70 @@ class Tensor:
         return _ops.Clip.apply(self, lo=lo, hi=hi)
 
     # --------------------------------------------------------------- reductions
-    def sum(self, axis=None, keepdims=False):
+    # Each reduction takes NumPy's ``axis=``/``keepdims=`` and PyTorch's ``dim=``/``keepdim=``.
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _torch_spelling("sum", axis, keepdims, dim, keepdim)
         return _ops.Sum.apply(self, axis=_normalize_axis(axis, self.ndim), keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _torch_spelling("mean", axis, keepdims, dim, keepdim)
         axis = _normalize_axis(axis, self.ndim)
         count = _reduced_count(self.shape, axis)
         if count == 0:
             raise ValueError(f"mean over an empty axis of a tensor with shape {self.shape}")
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / count)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The largest values along ``axis``. With PyTorch's ``dim=``, PyTorch's result:
+        ``(values, indices)`` (a named tuple), so ``values, indices = t.max(dim=1)`` works."""
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _torch_spelling("max", axis, keepdims, dim, keepdim)
+            if dim is not None:
+                return MaxResult(self.max(axis, keepdims), self.argmax(axis, keepdims))
         axis = _normalize_axis(axis, self.ndim)
         if _reduced_count(self.shape, axis) == 0:
             raise ValueError(f"max over an empty axis of a tensor with shape {self.shape}")
         return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
 
-    def logsumexp(self, axis=None, keepdims=False):
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Indices (int64, no gradient) of the largest values along ``axis`` (None: flattened)."""
+        return self._arg_reduce("argmax", axis, keepdims, dim, keepdim)
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """Indices (int64, no gradient) of the smallest values along ``axis`` (None: flattened)."""
+        return self._arg_reduce("argmin", axis, keepdims, dim, keepdim)
+
+    def _arg_reduce(self, name, axis, keepdims, dim, keepdim):
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _torch_spelling(name, axis, keepdims, dim, keepdim)
+        if self.size == 0:
+            raise ValueError(f"{name} of an empty tensor (shape {self.shape})")
+        if axis is None:
+            indices = getattr(self.data.reshape(-1), name)()
+            indices = indices.reshape((1,) * self.ndim) if keepdims else indices
+        else:
+            indices = getattr(self.data, name)(axis=_single_axis(axis, self.ndim), keepdims=bool(keepdims))
+        xp = backend.get_array_module(self.device)
+        return Tensor._make(xp.asarray(indices, dtype=int64), self.device)
+
+    def softmax(self, axis=-1, *, dim=None):
+        """exp(x - logsumexp(x)) along ``axis`` (PyTorch: ``dim``); rows sum to 1."""
+        if dim is not None:
+            axis, _ = _torch_spelling("softmax", axis, False, dim, None, default_axis=-1)
+        return self.log_softmax(axis).exp()
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        """x - logsumexp(x) along ``axis`` (PyTorch: ``dim``)."""
+        if dim is not None:
+            axis, _ = _torch_spelling("log_softmax", axis, False, dim, None, default_axis=-1)
+        return self - self.logsumexp(axis=axis, keepdims=True)
+
+    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         """log Σ exp(x), computed as m + log Σ exp(x - m) with m = max(x) held constant."""
+        if dim is not None or keepdim is not None:
+            axis, keepdims = _torch_spelling("logsumexp", axis, keepdims, dim, keepdim)
         axis = _normalize_axis(axis, self.ndim)
         shift = self.detach().max(axis=axis, keepdims=True)
         total = (self - shift).exp().sum(axis=axis, keepdims=True).log() + shift
@@ -445,6 +606,12 @@ class Tensor:
 
     def flatten(self):
         return self.reshape(-1)
+
+    def permute(self, *dims):
+        """The axes reordered: ``permute(2, 0, 1)``; PyTorch's name for ``transpose(*axes)``."""
+        if not dims:
+            raise TypeError("permute needs the new order of all axes, e.g. permute(1, 0)")
+        return self.transpose(*dims)
 
     def transpose(self, *axes):
         axes = _shape_arg(axes)
@@ -476,7 +643,9 @@ class Tensor:
             return self
         return _ops.Expand.apply(self, shape=full)
 
-    def squeeze(self, axis=None):
+    def squeeze(self, axis=None, *, dim=None):
+        if dim is not None:
+            axis, _ = _torch_spelling("squeeze", axis, False, dim, None)
         if axis is None:
             return self.reshape(*(s for s in self.shape if s != 1))
         axes = _normalize_axis(axis, self.ndim)
@@ -485,7 +654,11 @@ class Tensor:
                 raise ValueError(f"squeeze: axis {a} of shape {self.shape} has size {self.shape[a]}, not 1")
         return self.reshape(*(s for i, s in enumerate(self.shape) if i not in axes))
 
-    def unsqueeze(self, axis: int):
+    def unsqueeze(self, axis: int | None = None, *, dim: int | None = None):
+        if dim is not None:
+            axis, _ = _torch_spelling("unsqueeze", axis, False, dim, None)
+        if axis is None:
+            raise TypeError("unsqueeze needs the position of the new axis")
         ndim = self.ndim + 1
         if not -ndim <= axis < ndim:
             raise ValueError(f"unsqueeze: axis {axis} out of range for a result with {ndim} dims")
@@ -496,8 +669,10 @@ class Tensor:
     def __getitem__(self, index):
         return _ops.GetItem.apply(self, index=_index_arg(index, self))
 
-    def split(self, size_or_sizes, axis: int = 0):
+    def split(self, size_or_sizes, axis: int = 0, *, dim: int | None = None):
         """Pieces along ``axis``: each of size ``size`` (an int) or of the listed sizes."""
+        if dim is not None:
+            axis, _ = _torch_spelling("split", axis, False, dim, None, default_axis=0)
         axis = _single_axis(axis, self.ndim)
         length = self.data.shape[axis]
         if type(size_or_sizes) is int or isinstance(size_or_sizes, numbers.Integral):
@@ -511,20 +686,141 @@ class Tensor:
                 raise ValueError(f"split sizes {sizes} do not add up to {length}, the size of axis {axis}")
         return _ops.Split.apply(self, sizes=tuple(sizes), axis=axis)
 
-    def chunk(self, chunks: int, axis: int = 0):
+    def chunk(self, chunks: int, axis: int = 0, *, dim: int | None = None):
         """``chunks`` pieces along ``axis`` of size ceil(n / chunks); the last may be smaller."""
+        if dim is not None:
+            axis, _ = _torch_spelling("chunk", axis, False, dim, None, default_axis=0)
         if chunks <= 0:
             raise ValueError(f"chunk needs a positive number of chunks, got {chunks}")
         axis = _single_axis(axis, self.ndim)
         size = max(1, -(-self.data.shape[axis] // chunks))
         return self.split(size, axis)
 
-    def unbind(self, axis: int = 0):
+    def unbind(self, axis: int = 0, *, dim: int | None = None):
         """The slices along ``axis`` as a tuple, each without that axis; VJP: one stack."""
+        if dim is not None:
+            axis, _ = _torch_spelling("unbind", axis, False, dim, None, default_axis=0)
         return _ops.Unbind.apply(self, axis=_single_axis(axis, self.ndim))
 
 
 # ---------------------------------------------------------------- helpers
+
+
+class InPlaceWrites:
+    """A clock of in-place writes into arrays, and when each written array was last written.
+
+    Each recorded node keeps the clock of its recording (``Context.clock``). Before a VJP
+    runs, backward asks whether any array the node saved was written since then; if so,
+    the VJP would compute with changed values, and backward raises instead. As long as
+    nothing is written in place (the clock stands still), that check costs one comparison.
+    Stamps refer to arrays weakly, so a written array is freed as usual.
+    """
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.stamps: dict[int, tuple[Any, int]] = {}  # id(array) -> (reference to it, clock)
+        self.prune_at = 1024
+
+    def note(self, array: Any) -> None:
+        """``array`` was just written in place."""
+        self.clock += 1
+        try:
+            reference = weakref.ref(array)
+        except TypeError:  # an array type without weak references: keep it alive instead
+            reference = _StrongReference(array)
+        self.stamps[id(array)] = (reference, self.clock)
+        if len(self.stamps) >= self.prune_at:
+            self.stamps = {key: entry for key, entry in self.stamps.items() if entry[0]() is not None}
+            self.prune_at = 2 * len(self.stamps) + 1024
+
+    def changed_since(self, array: Any, clock: int) -> bool:
+        """True if ``array`` was written in place after ``clock``."""
+        entry = self.stamps.get(id(array))
+        return entry is not None and entry[1] > clock and entry[0]() is array
+
+
+class _StrongReference:
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any):
+        self.array = array
+
+    def __call__(self) -> Any:
+        return self.array
+
+
+in_place_writes = InPlaceWrites()
+
+
+class ElementCount(int):
+    """``t.size``: the number of elements, an int as in NumPy (``t.size == 6``).
+
+    Called, it answers PyTorch's question instead: ``t.size()`` is the shape (a tuple) and
+    ``t.size(dim)`` the length of one axis, so both habits work.
+    """
+
+    def __new__(cls, count: int, shape: tuple[int, ...]) -> ElementCount:
+        number = super().__new__(cls, count)
+        number.shape = tuple(shape)
+        return number
+
+    def __call__(self, dim: int | None = None) -> Any:
+        if dim is None:
+            return self.shape
+        return self.shape[_single_axis(dim, len(self.shape))]
+
+    def __reduce__(self):  # pickled and copied as the plain int it is
+        return (int, (int(self),))
+
+
+class MaxResult(tuple):
+    """``t.max(dim=...)``'s result, as PyTorch's: ``.values`` and ``.indices`` (a pair)."""
+
+    def __new__(cls, values: Tensor, indices: Tensor) -> MaxResult:
+        return super().__new__(cls, (values, indices))
+
+    @property
+    def values(self) -> Tensor:
+        return self[0]
+
+    @property
+    def indices(self) -> Tensor:
+        return self[1]
+
+
+def _torch_spelling(name, axis, keepdims, dim, keepdim, default_axis=None):
+    """PyTorch's ``dim=``/``keepdim=`` as NumPy's ``axis=``/``keepdims=``; both at once is an error."""
+    if dim is not None:
+        if axis is not None and axis != default_axis:
+            raise TypeError(f"{name}() got both axis={axis!r} and dim={dim!r}; use one of them")
+        axis = dim
+    if keepdim is not None:
+        if keepdims:
+            raise TypeError(f"{name}() got both keepdims= and keepdim=; use one of them")
+        keepdims = keepdim
+    return axis, bool(keepdims)
+
+
+def device_and_dtype(name: str, positional: tuple, device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+    """Sort ``to()``'s arguments: each positional one is a device name or a dtype."""
+    for value in positional:
+        if isinstance(value, str) and (value in backend._devices or value == "cuda"):
+            kind = "device"
+        else:
+            try:
+                value = np.dtype(value)
+            except TypeError:
+                known = ", ".join(sorted(set(backend._devices) | {"cuda"}))
+                raise TypeError(
+                    f"{name}: {value!r} is neither a device ({known}) nor a dtype (tl.float32, tl.float64, ...)"
+                ) from None
+            kind = "dtype"
+        if (device if kind == "device" else dtype) is not None:
+            raise TypeError(f"{name}: got two {kind}s")
+        device, dtype = (value, dtype) if kind == "device" else (device, value)
+    if device is not None:
+        backend.get_device(device)  # unknown or unavailable: raise now
+    return device, (None if dtype is None else as_dtype(dtype))
 
 
 def _shape_arg(shape: tuple) -> tuple[int, ...]:
@@ -686,8 +982,10 @@ def _check_same_kind(tensors: Any, name: str) -> list[Tensor]:
     return tensors
 
 
-def cat(tensors: Any, axis: int = 0) -> Tensor:
+def cat(tensors: Any, axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Join tensors along an existing axis; VJP: split the gradient back into pieces."""
+    if dim is not None:
+        axis, _ = _torch_spelling("cat", axis, False, dim, None, default_axis=0)
     tensors = _check_same_kind(tensors, "cat")
     first = tensors[0]
     axis = _normalize_axis(axis, first.ndim)[0]
@@ -697,8 +995,10 @@ def cat(tensors: Any, axis: int = 0) -> Tensor:
     return _ops.Cat.apply(*tensors, axis=axis)
 
 
-def stack(tensors: Any, axis: int = 0) -> Tensor:
+def stack(tensors: Any, axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Join same-shaped tensors along a new axis; VJP: unbind the gradient."""
+    if dim is not None:
+        axis, _ = _torch_spelling("stack", axis, False, dim, None, default_axis=0)
     tensors = _check_same_kind(tensors, "stack")
     first = tensors[0]
     for t in tensors[1:]:
@@ -710,5 +1010,5 @@ def stack(tensors: Any, axis: int = 0) -> Tensor:
     return _ops.Stack.apply(*tensors, axis=axis % ndim)
 
 
-from . import function as _function  # noqa: E402  (the tracer hook: function.py needs Tensor too)
+from . import function as _function  # noqa: E402  (grad mode and the tracer: function.py needs Tensor too)
 from . import ops as _ops  # noqa: E402  (ops need the Tensor class defined above)
