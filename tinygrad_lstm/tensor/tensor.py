@@ -487,8 +487,10 @@ class Tensor:
         if chunks <= 0:
             raise ValueError(f"chunk needs a positive number of chunks, got {chunks}")
         axis = _single_axis(axis, self.ndim)
-        size = max(1, -(-self.data.shape[axis] // chunks))
-        return self.split(size, axis)
+        length = self.data.shape[axis]
+        if length == 0:  # as PyTorch: an empty axis gives ``chunks`` empty pieces
+            return self.split([0] * chunks, axis)
+        return self.split(-(-length // chunks), axis)
 
     def unbind(self, axis: int = 0):
         """The slices along ``axis`` as a tuple, each without that axis; VJP: one stack."""
@@ -612,6 +614,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"linear: x of shape {x.shape} and weight of shape {weight.shape} do not fit; "
             "weight must be (out_features, in_features) with in_features = x.shape[-1]"
         )
+    if not weight.data.size:  # a layer of size 0 (PyTorch allows one): the composed form handles empties
+        product = matmul(x, weight.T)
+        return product if bias is None else product + bias
     if bias is not None and (not isinstance(bias, Tensor) or bias.dtype != weight.dtype or x.dtype != weight.dtype):
         return _ops.Linear.apply(x, weight, None) + bias  # mixed dtypes: promote as ``+`` does
     try:
