@@ -131,22 +131,22 @@ def check_state(state: Any, spec: Any, names: tuple[str, ...], owner: str) -> An
             raise ValueError(
                 f"{owner} expects a state of {len(spec)} tensors ({', '.join(names)}), got {_describe(state)}"
             )
-        for part, expected, name in zip(state, spec, names):
-            _check_state_part(part, expected, name, owner)
-        return state
-    if isinstance(state, tuple):
-        raise ValueError(f"{owner} expects a state of 1 tensor ({names[0]}), got {_describe(state)}")
-    _check_state_part(state, spec, names[0], owner)
+        parts, specs = state, spec
+    else:
+        if isinstance(state, tuple):
+            raise ValueError(f"{owner} expects a state of 1 tensor ({names[0]}), got {_describe(state)}")
+        parts, specs = (state,), (spec,)
+    for part, expected, name in zip(parts, specs, names):
+        if not isinstance(part, Tensor):
+            raise TypeError(f"{owner}: {name} must be a Tensor shaped {expected.shape}, got {_describe(part)}")
+        if part.shape != expected.shape:
+            raise ValueError(f"{owner}: {name} must be shaped {expected.shape}, got {part.shape}")
+    for part, expected, name in zip(parts, specs, names):
+        if part.dtype != expected.dtype:
+            raise TypeError(
+                f"{owner}: {name} has dtype {part.dtype}, but the input and the layer have {expected.dtype}"
+            )
     return state
-
-
-def _check_state_part(part: Any, expected: PartSpec, name: str, owner: str) -> None:
-    if not isinstance(part, Tensor):
-        raise TypeError(f"{owner}: {name} must be a Tensor shaped {expected.shape}, got {_describe(part)}")
-    if part.shape != expected.shape:
-        raise ValueError(f"{owner}: {name} must be shaped {expected.shape}, got {part.shape}")
-    if part.dtype != expected.dtype:
-        raise TypeError(f"{owner}: {name} has dtype {part.dtype}, but the input and the layer have {expected.dtype}")
 
 
 def _describe(value: Any) -> str:
