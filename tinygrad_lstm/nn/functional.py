@@ -9,13 +9,13 @@ from . import validation
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """exp(x - logsumexp(x)) along ``axis``: stable for any magnitude of x."""
-    return (x - x.logsumexp(axis=axis, keepdims=True)).exp()
+    """exp(x - max x) / Σ exp(x - max x) along ``axis`` (``Tensor.softmax``: stable at any magnitude)."""
+    return x.softmax(axis)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    """x - logsumexp(x) along ``axis``."""
-    return x - x.logsumexp(axis=axis, keepdims=True)
+    """(x - max x) - log Σ exp(x - max x) along ``axis`` (``Tensor.log_softmax``)."""
+    return x.log_softmax(axis)
 
 
 def _as_index_tensor(targets: Any, device: str) -> Tensor:

@@ -38,6 +38,8 @@ def _infer_host_array(data: Any, dtype: np.dtype | None) -> np.ndarray:
     array = np.asarray(data)
     if dtype is not None:
         return array.astype(dtype)
+    if isinstance(data, np.generic) and array.dtype.kind in "biufc":
+        return array  # a NumPy scalar keeps its dtype (np.float64(0.1) stays float64), as an array does
     if array.dtype.kind == "f":
         return array.astype(float32)
     if array.dtype.kind in "iu":
@@ -349,22 +351,22 @@ class Tensor:
 
     # -------------------------------------------------------------- elementwise
     def exp(self):
-        return _ops.Exp.apply(self)
+        return _ops.Exp.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def log(self):
-        return _ops.Log.apply(self)
+        return _ops.Log.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def tanh(self):
-        return _ops.Tanh.apply(self)
+        return _ops.Tanh.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def sigmoid(self):
-        return _ops.Sigmoid.apply(self)
+        return _ops.Sigmoid.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def relu(self):
         return _ops.Relu.apply(self)
 
     def sqrt(self):
-        return _ops.Sqrt.apply(self)
+        return _ops.Sqrt.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def abs(self):
         return _ops.Abs.apply(self)
@@ -395,13 +397,40 @@ class Tensor:
         return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
 
     def logsumexp(self, axis=None, keepdims=False):
-        """log Σ exp(x), computed as m + log Σ exp(x - m) with m = max(x) held constant."""
+        """log Σ exp(x), computed as m + log Σ exp(x - m) with m = max(x) held constant.
+
+        The shift keeps exp from overflowing. Where the max is ±inf it is 0 instead, so
+        [-inf, -inf] gives -inf and [inf, 1] gives inf (not nan), and an empty axis gives
+        log 0 = -inf, as in PyTorch.
+        """
         axis = _normalize_axis(axis, self.ndim)
-        shift = self.detach().max(axis=axis, keepdims=True)
-        total = (self - shift).exp().sum(axis=axis, keepdims=True).log() + shift
+        x = _floating(self)
+        shift = _max_shift(x, axis)
+        with np.errstate(divide="ignore"):  # log 0 = -inf is the answer for an all -inf slice
+            total = (x - shift).exp().sum(axis=axis, keepdims=True).log() + shift
         if keepdims:
             return total
         return total.reshape(*_reduced_shape(self.shape, axis))
+
+    def softmax(self, axis=-1):
+        """exp(x - m) / Σ exp(x - m) along ``axis``, m = max(x) held constant.
+
+        Shifting by the max (not subtracting logsumexp) keeps every exponent ≤ 0 and
+        rounds nothing away: rows of [1e6, 1e6, -1e6] in float32 are [0.5, 0.5, 0].
+        An empty axis gives an empty result.
+        """
+        axis = _normalize_axis(axis, self.ndim)
+        x = _floating(self)
+        exponentials = (x - _max_shift(x, axis)).exp()
+        return exponentials / exponentials.sum(axis=axis, keepdims=True)
+
+    def log_softmax(self, axis=-1):
+        """(x - m) - log Σ exp(x - m) along ``axis``, m = max(x) held constant (stable as softmax)."""
+        axis = _normalize_axis(axis, self.ndim)
+        x = _floating(self)
+        shifted = x - _max_shift(x, axis)
+        with np.errstate(divide="ignore"):
+            return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
 
     # -------------------------------------------------------------------- shape
     def reshape(self, *shape):
@@ -536,6 +565,22 @@ def _reduced_shape(shape: tuple[int, ...], axis: tuple[int, ...] | None) -> tupl
     return tuple(s for i, s in enumerate(shape) if i not in axis)
 
 
+def _floating(tensor: Tensor) -> Tensor:
+    """An integer or bool tensor as float32 (PyTorch's default float dtype); floats unchanged."""
+    return tensor if tensor.data.dtype.kind in "fc" else tensor.astype(float32)
+
+
+def _max_shift(tensor: Tensor, axis: tuple[int, ...] | None) -> Tensor:
+    """max(tensor) along ``axis`` (kept as size-1 axes) as a constant, 0 where it is not finite
+    or where the axis is empty: the shift that makes exp(x - shift) safe to sum."""
+    xp = backend.get_array_module(tensor.device)
+    if _reduced_count(tensor.shape, axis) == 0:
+        shape = tuple(1 if axis is None or i in axis else s for i, s in enumerate(tensor.shape))
+        return Tensor._make(xp.zeros(shape, dtype=tensor.dtype), tensor.device)
+    largest = tensor.data.max(axis=axis, keepdims=True)
+    return Tensor._make(xp.where(xp.isfinite(largest), largest, 0).astype(tensor.dtype, copy=False), tensor.device)
+
+
 def _reduced_count(shape: tuple[int, ...], axis: tuple[int, ...] | None) -> int:
     count = 1
     for i, s in enumerate(shape):
@@ -577,7 +622,8 @@ def _as_tensor(value: Any, like_device: str | None = None) -> Any:
 
 
 def _apply_binary(function, left: Any, right: Any) -> Tensor:
-    """Apply an elementwise binary op; a broadcasting failure names both shapes."""
+    """Apply an elementwise binary op, with PyTorch's type promotion; a broadcasting failure names both shapes."""
+    left, right = _promoted(function, left, right)
     try:
         return function.apply(left, right)
     except ValueError as error:
@@ -586,6 +632,69 @@ def _apply_binary(function, left: Any, right: Any) -> Tensor:
         raise ValueError(
             f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})"
         ) from None
+
+
+def result_dtype(*operands: Any, true_division: bool = False) -> np.dtype:
+    """The dtype PyTorch gives an elementwise op of ``operands`` (Tensors and Python scalars).
+
+    Three tiers, highest first: tensors with dimensions, 0-d tensors, Python scalars (a
+    float counts as float32, an int as int64, a bool as bool). Dtypes promote within a
+    tier; a lower tier counts only when its category (bool < integer < floating) is
+    higher: int64 + float32 is float32, float32 + a 0-d float64 is float32, int64 + 2.5 is
+    float32. True division of integers or bools gives float32.
+    """
+    tiers: list[np.dtype | None] = [None, None, None]
+    for operand in operands:
+        if isinstance(operand, Tensor):
+            tier, dtype = (0 if operand.ndim else 1), operand.data.dtype
+        elif isinstance(operand, bool):
+            tier, dtype = 2, bool_
+        elif isinstance(operand, int):
+            tier, dtype = 2, int64
+        else:
+            tier, dtype = 2, float32
+        tiers[tier] = dtype if tiers[tier] is None else _promote_pair(tiers[tier], dtype)
+    result = _combine_tiers(tiers[0], _combine_tiers(tiers[1], tiers[2]))
+    if true_division and _category(result) < 2:
+        return float32
+    return result
+
+
+def _category(dtype: np.dtype) -> int:
+    return 0 if dtype.kind == "b" else 1 if dtype.kind in "iu" else 2
+
+
+def _promote_pair(a: np.dtype, b: np.dtype) -> np.dtype:
+    """Two dtypes of one tier: the higher category wins outright (int64 + float32 is float32)."""
+    category_a, category_b = _category(a), _category(b)
+    if category_a != category_b:
+        return a if category_a > category_b else b
+    return np.promote_types(a, b)
+
+
+def _combine_tiers(higher: np.dtype | None, lower: np.dtype | None) -> np.dtype | None:
+    if higher is None or lower is None:
+        return lower if higher is None else higher
+    return lower if _category(lower) > _category(higher) else higher
+
+
+def _promoted(function, left: Any, right: Any) -> tuple[Any, Any]:
+    """Both operands cast to PyTorch's result dtype (NumPy's rules differ for int with float and for /)."""
+    left_dtype = left.data.dtype if isinstance(left, Tensor) else None
+    right_dtype = right.data.dtype if isinstance(right, Tensor) else None
+    if left_dtype is not None and right_dtype is not None:
+        if left_dtype is right_dtype and (left_dtype.kind in "fc" or function is not _ops.Div):
+            return left, right  # the common case: one dtype, nothing to do
+    elif left_dtype is None and right_dtype is None:
+        return left, right  # two Python scalars: NumPy's rules are Python's
+    elif (left_dtype or right_dtype).kind in "fc":
+        return left, right  # a float tensor and a Python scalar: NumPy keeps the tensor's dtype
+    target = result_dtype(left, right, true_division=function is _ops.Div)
+    if left_dtype is not None and left_dtype != target:
+        left = left.astype(target)
+    if right_dtype is not None and right_dtype != target:
+        right = right.astype(target)
+    return left, right
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -647,6 +756,7 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
         raise backend.DeviceError(f"where: the condition is on {condition.device!r} but the values on {device!r}")
     if condition.dtype.kind != "b":
         raise TypeError(f"where: the condition must be boolean, got {condition.dtype}")
+    a, b = _promoted(_ops.Where, a, b)
     return _ops.Where.apply(a, b, condition=condition.data)
 
 
