@@ -68,7 +68,9 @@ class Tensor:
     float32, integers int64, booleans bool; an array keeps its dtype.
     """
 
-    __slots__ = ("data", "device", "requires_grad", "grad", "_node", "_output_index", "__weakref__")
+    # ``_requires_grad`` is read and written directly by the engine's hot path (Function.apply,
+    # _wrap, _make); users go through the ``requires_grad`` property, which checks.
+    __slots__ = ("data", "device", "_requires_grad", "grad", "_node", "_output_index", "__weakref__")
 
     # NumPy defers to our reflected operators (np_array * tensor -> Tensor.__rmul__).
     __array_ufunc__ = None
@@ -91,7 +93,7 @@ class Tensor:
             _check_can_require_grad(array.dtype)
         self.data = array
         self.device = target_device
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         self.grad = None
         self._node = None
         self._output_index = 0
@@ -102,7 +104,7 @@ class Tensor:
         tensor = object.__new__(cls)
         tensor.data = array
         tensor.device = device
-        tensor.requires_grad = requires_grad
+        tensor._requires_grad = requires_grad
         tensor.grad = None
         tensor._node = node
         tensor._output_index = index
@@ -124,6 +126,15 @@ class Tensor:
     @property
     def size(self) -> int:
         return int(self.data.size)
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to this tensor (set it on a floating-point leaf only)."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, requires_grad: bool) -> None:
+        self.requires_grad_(requires_grad)
 
     @property
     def is_leaf(self) -> bool:
@@ -224,12 +235,16 @@ class Tensor:
         return self
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
-        """Set ``requires_grad`` on a leaf in place."""
+        """Set ``requires_grad`` on a leaf in place (as PyTorch: only floating-point
+        tensors can require grad, and a non-leaf's flag cannot be turned off)."""
         if self._node is not None and not requires_grad:
-            raise RuntimeError("cannot turn off requires_grad of a non-leaf tensor; use .detach()")
+            raise RuntimeError(
+                "cannot turn off requires_grad of a non-leaf tensor (one computed by a recorded op); "
+                "use .detach() for a copy outside the graph"
+            )
         if requires_grad:
             _check_can_require_grad(self.dtype)
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         return self
 
     def to(self, device: str) -> Tensor:
