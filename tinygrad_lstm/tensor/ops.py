@@ -11,6 +11,8 @@ sums it back to each input's shape. Ops here never reduce broadcasting themselve
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import backend
 from .function import Function
 
@@ -263,8 +265,9 @@ class Sigmoid(Function):
     -709.7 in float64) y stays the tiny positive 1 / (1 + exp(cap)).
     """
 
-    # Just below log(largest finite value), by dtype character: float16, float32, float64.
-    exp_cap = {"e": 11.0, "f": 88.7, "d": 709.7}
+    # Just below log(largest finite value), as NumPy scalars of each dtype (a Python float
+    # as the bound of ``minimum`` costs a conversion per call).
+    exp_cap = {np.dtype(t): t(cap) for t, cap in ((np.float16, 11.0), (np.float32, 88.7), (np.float64, 709.7))}
 
     @staticmethod
     def forward(ctx, x):
@@ -278,10 +281,10 @@ class Sigmoid(Function):
         y = xp.negative(x)
         if y.ndim == 0:  # NumPy returns a scalar for a 0-d array; the steps below work in place
             y = xp.asarray(y)
-        xp.minimum(y, Sigmoid.exp_cap.get(y.dtype.char, 88.7), out=y)
+        xp.minimum(y, Sigmoid.exp_cap.get(y.dtype, 709.7), out=y)
         xp.exp(y, out=y)
         y += 1
-        xp.divide(1.0, y, out=y)
+        xp.reciprocal(y, out=y)
         return y
 
     @staticmethod

@@ -289,9 +289,16 @@ class Tensor:
         return Tensor(other, device=backend.device_of_array(other) or self.device)
 
     def _binary(self, function, other: Any, reflected: bool = False) -> Tensor:
-        if not isinstance(other, Tensor):
+        dtype = self.data.dtype
+        if isinstance(other, Tensor):
+            same = other.data.dtype is dtype
+        else:
             other = self._operand(other)
-        return _apply_binary(function, other, self) if reflected else _apply_binary(function, self, other)
+            same = not isinstance(other, Tensor) or other.data.dtype is dtype
+        # The common case, checked cheaply: one float dtype, which no promotion changes.
+        promote = not same or (dtype is not float32 and dtype is not float64)
+        left, right = (other, self) if reflected else (self, other)
+        return _apply_binary(function, left, right, promote)
 
     def __add__(self, other):
         return self._binary(_ops.Add, other)
@@ -636,9 +643,10 @@ def _as_tensor(value: Any, like_device: str | None = None) -> Any:
     return Tensor(value, device=backend.device_of_array(value) or like_device)
 
 
-def _apply_binary(function, left: Any, right: Any) -> Tensor:
+def _apply_binary(function, left: Any, right: Any, promote: bool = True) -> Tensor:
     """Apply an elementwise binary op, with PyTorch's type promotion; a broadcasting failure names both shapes."""
-    left, right = _promoted(function, left, right)
+    if promote:
+        left, right = _promoted(function, left, right)
     try:
         return function.apply(left, right)
     except ValueError as error:
