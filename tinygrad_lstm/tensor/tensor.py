@@ -291,14 +291,14 @@ class Tensor:
     def _binary(self, function, other: Any, reflected: bool = False) -> Tensor:
         dtype = self.data.dtype
         if isinstance(other, Tensor):
-            same = other.data.dtype is dtype
+            promote = other.data.dtype is not dtype or dtype.kind != "f"
         else:
             other = self._operand(other)
-            same = not isinstance(other, Tensor) or other.data.dtype is dtype
-        # The common case, checked cheaply: one float dtype, which no promotion changes.
-        promote = not same or (dtype is not float32 and dtype is not float64)
-        left, right = (other, self) if reflected else (self, other)
-        return _apply_binary(function, left, right, promote)
+            promote = dtype.kind != "f" or (isinstance(other, Tensor) and other.data.dtype is not dtype)
+        if promote:  # mixed or non-float dtypes: PyTorch's rules (one float dtype needs nothing)
+            left, right = _promoted(function, *((other, self) if reflected else (self, other)))
+            return _apply_binary(function, left, right)
+        return _apply_binary(function, other, self) if reflected else _apply_binary(function, self, other)
 
     def __add__(self, other):
         return self._binary(_ops.Add, other)
@@ -643,10 +643,8 @@ def _as_tensor(value: Any, like_device: str | None = None) -> Any:
     return Tensor(value, device=backend.device_of_array(value) or like_device)
 
 
-def _apply_binary(function, left: Any, right: Any, promote: bool = True) -> Tensor:
-    """Apply an elementwise binary op, with PyTorch's type promotion; a broadcasting failure names both shapes."""
-    if promote:
-        left, right = _promoted(function, left, right)
+def _apply_binary(function, left: Any, right: Any) -> Tensor:
+    """Apply an elementwise binary op (operands already promoted); a broadcasting failure names both shapes."""
     try:
         return function.apply(left, right)
     except ValueError as error:
@@ -765,7 +763,7 @@ def maximum(a: Any, b: Any) -> Tensor:
     a = _as_tensor(a)
     device = a.device if isinstance(a, Tensor) else None
     b = _as_tensor(b, device)
-    return _apply_binary(_ops.Maximum, a, b)
+    return _apply_binary(_ops.Maximum, *_promoted(_ops.Maximum, a, b))
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
