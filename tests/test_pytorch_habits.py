@@ -19,7 +19,15 @@ import tinygrad_lstm as tl
 from tinygrad_lstm import nn, optim
 
 torch = pytest.importorskip("torch")
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def torch_in_float64():
+    """PyTorch computes in float64 here, as our checks do; restored after each test (other files rely on float32)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def as_torch(tensor: tl.Tensor, requires_grad: bool = False):

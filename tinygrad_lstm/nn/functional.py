@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..tensor import Tensor, arange, rand
+from . import validation
 
 
 def softmax(x: Tensor, axis: int = -1, *, dim: int | None = None) -> Tensor:
-    """exp(x - logsumexp(x)) along ``axis`` (PyTorch: ``dim``), as ``x.softmax(axis)``."""
+    """exp(x - max x) / Σ exp(x - max x) along ``axis`` (PyTorch: ``dim``); stable at any magnitude."""
     return x.softmax(axis, dim=dim)
 
 
 def log_softmax(x: Tensor, axis: int = -1, *, dim: int | None = None) -> Tensor:
-    """x - logsumexp(x) along ``axis`` (PyTorch: ``dim``), as ``x.log_softmax(axis)``."""
+    """(x - max x) - log Σ exp(x - max x) along ``axis`` (PyTorch: ``dim``); ``Tensor.log_softmax``."""
     return x.log_softmax(axis, dim=dim)
 
 
@@ -58,8 +59,7 @@ def mse_loss(prediction: Tensor, target: Any) -> Tensor:
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p) (training only)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    validation.check_probability(p, "p", "dropout")
     if not training or p == 0.0:
         return x
     if p == 1.0:

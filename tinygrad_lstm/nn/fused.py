@@ -13,6 +13,7 @@ The tests check it equals the composed cell and gradcheck its VJP.
 from __future__ import annotations
 
 from ..tensor import Function, Tensor
+from ..tensor.ops import Sigmoid
 from .recurrent import LSTMCell, State
 
 
@@ -37,9 +38,7 @@ class FusedLSTMStep(Function):
         xp = ctx.xp
         hidden = h.shape[1]
         gates = x_t + h @ weight_hh.T
-        activations = xp.tanh(gates * 0.5)  # σ(z) = (1 + tanh(z / 2)) / 2, for all blocks at once
-        activations += 1
-        activations *= 0.5
+        activations = Sigmoid.of_array(xp, gates)  # σ for all blocks at once, the engine's stable formula
         activations[:, 2 * hidden : 3 * hidden] = xp.tanh(gates[:, 2 * hidden : 3 * hidden])  # g uses tanh
         i, f, g, o = (activations[:, k * hidden : (k + 1) * hidden] for k in range(4))
         c_next = f * c + i * g

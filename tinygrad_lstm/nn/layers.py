@@ -7,6 +7,7 @@ from typing import Any
 
 from ..tensor import Tensor, float32, linear, rand, randn
 from . import functional as F
+from . import validation
 from .module import Module, Parameter
 
 
@@ -24,6 +25,9 @@ class Linear(Module):
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, *, dtype: Any = float32, device: str | None = None
     ):
+        in_features = validation.check_size(in_features, "in_features", "Linear")
+        out_features = validation.check_size(out_features, "out_features", "Linear")
+        bias = validation.check_flag(bias, "bias", "Linear")
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features) if in_features else 0.0
@@ -31,6 +35,7 @@ class Linear(Module):
         self.bias = uniform_parameter((out_features,), bound, dtype, device) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        x = validation.check_input(x, "Linear", self.weight.dtype)
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"Linear expects inputs of shape (..., {self.in_features}), got {x.shape}")
         return linear(x, self.weight, self.bias)
@@ -43,6 +48,8 @@ class Embedding(Module):
     """Row lookup: y = W[indices]; repeated indices accumulate their gradients. Init N(0, 1)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype: Any = float32, device: str | None = None):
+        num_embeddings = validation.check_size(num_embeddings, "num_embeddings", "Embedding")
+        embedding_dim = validation.check_size(embedding_dim, "embedding_dim", "Embedding")
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(randn(num_embeddings, embedding_dim, dtype=dtype, device=device))
@@ -67,9 +74,8 @@ class Dropout(Module):
     """Zero elements with probability p in training mode (scaled by 1/(1-p)); identity in eval."""
 
     def __init__(self, p: float = 0.5):
+        p = validation.check_probability(p, "p", "Dropout")
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:

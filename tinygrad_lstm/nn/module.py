@@ -8,7 +8,7 @@ Assigning an ``nn.Parameter`` or an ``nn.Module`` to an attribute registers it, 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,15 +37,38 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]
 
 
-def _to_host(value: Any) -> np.ndarray:
-    """Anything numpy.asarray takes, plus our Tensors, CuPy arrays and PyTorch tensors."""
+class StateDictKeyError(RuntimeError, KeyError):
+    """Missing or unexpected keys in ``load_state_dict``: a RuntimeError, as PyTorch raises,
+    and a KeyError, since keys are the problem. The message lists every such key."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def numeric_host_array(value: Any, name: Any, context: str) -> np.ndarray:
+    """A value given for the array ``name`` as a host NumPy array of numbers, or a clear error.
+
+    Takes anything numpy.asarray takes, plus our Tensors, CuPy arrays and PyTorch tensors.
+    Refuses what would turn into garbage silently: ragged nesting, ``None``, objects,
+    strings (``dtype=object`` values would otherwise load as NaN or need a pickle).
+    """
     if isinstance(value, Tensor):
-        return value.numpy()
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a PyTorch tensor
-        return value.detach().cpu().numpy()
-    if type(value).__module__.startswith("cupy"):
-        return value.get()
-    return np.asarray(value)
+        array = value.numpy()
+    elif hasattr(value, "detach") and hasattr(value, "cpu"):  # a PyTorch tensor
+        array = value.detach().cpu().numpy()
+    elif type(value).__module__.startswith("cupy"):
+        array = value.get()
+    else:
+        try:
+            array = np.asarray(value)
+        except ValueError as error:  # ragged nesting: NumPy refuses to guess
+            raise ValueError(f"{context}: {name!r} is not a rectangular array of numbers ({error})") from None
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{context}: {name!r} has dtype {array.dtype} ({type(value).__name__}); only numeric "
+            "arrays are accepted (no None, strings or Python objects, nothing that needs a pickle)"
+        )
+    return array
 
 
 class Module:
@@ -123,9 +146,22 @@ class Module:
     def load_state_dict(self, mapping: Any, strict: bool = True) -> LoadResult:
         """Copy values into the parameters (cast to each one's dtype, kept on its device).
 
-        Everything is checked before anything changes: a missing or unexpected key
-        (when ``strict``) or a wrong shape raises and leaves the module as it was.
+        Everything is checked before anything changes: a mapping that is not one, a key
+        that is not a string, a value that is not a rectangular numeric array, a missing
+        or unexpected key (when ``strict``; ``StateDictKeyError``, a RuntimeError listing
+        them all, as PyTorch) or a wrong shape raises and leaves the module as it was.
         """
+        context = f"load_state_dict into {type(self).__name__}"
+        if not isinstance(mapping, Mapping):
+            hint = (
+                " (for a list of (name, value) pairs, pass dict(pairs))" if isinstance(mapping, (list, tuple)) else ""
+            )
+            raise TypeError(
+                f"{context}: expected a mapping name -> array, like state_dict(), got {type(mapping).__name__}{hint}"
+            )
+        for name in mapping:
+            if not isinstance(name, str):
+                raise TypeError(f"{context}: key {name!r} ({type(name).__name__}) is not a parameter name (a str)")
         own = dict(self.named_parameters())
         missing = [name for name in own if name not in mapping]
         unexpected = [name for name in mapping if name not in own]
@@ -135,12 +171,12 @@ class Module:
                 problems.append(f"missing keys: {', '.join(missing)}")
             if unexpected:
                 problems.append(f"unexpected keys: {', '.join(unexpected)}")
-            raise KeyError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+            raise StateDictKeyError(f"{context}: " + "; ".join(problems))
         staged = {}
         for name, parameter in own.items():
             if name not in mapping:
                 continue
-            value = _to_host(mapping[name])
+            value = numeric_host_array(mapping[name], name, context)
             if value.shape != parameter.shape:
                 raise ValueError(
                     f"load_state_dict: {name!r} has shape {value.shape} in the mapping but "

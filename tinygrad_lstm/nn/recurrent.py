@@ -31,6 +31,7 @@ from typing import Any
 from ..tensor import Tensor, arange, float32, linear, no_grad, scan, stack, where, zeros
 from ..tensor import cat as concatenate
 from . import functional as F
+from . import validation
 from .layers import uniform_parameter
 from .module import Module, Parameter
 
@@ -60,10 +61,16 @@ class RecurrentCell(Module):
 
     def forward(self, x: Tensor, state: State = None) -> State:
         """One step on x of shape (batch, input_size); the state defaults to the initial one."""
+        owner = type(self).__name__
+        x = validation.check_input(x, owner, validation.module_dtype(self))
         if x.ndim != 2 or x.shape[1] != self.input_size:
-            raise ValueError(f"{type(self).__name__} expects x of shape (batch, {self.input_size}), got {x.shape}")
+            raise ValueError(f"{owner} expects x of shape (batch, {self.input_size}), got {x.shape}")
+        initial = self.initial_state(x.shape[0], dtype=x.dtype, device=x.device)
         if state is None:
-            state = self.initial_state(x.shape[0], dtype=x.dtype, device=x.device)
+            state = initial
+        else:
+            names = validation.state_names(self, len(initial) if isinstance(initial, tuple) else 1)
+            state = validation.check_state(state, validation.spec_of(initial), names, owner)
         return self.step(self.project_input(x), state)
 
     def extra_repr(self) -> str:
@@ -74,13 +81,26 @@ class _GatedCell(RecurrentCell):
     """Shared parameter layout: W_ih (G·H, in), W_hh (G·H, H), b_ih, b_hh, U(±1/√H)."""
 
     gates = 1
+    state_names = ("h",)
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, *, dtype: Any = float32, device: str | None = None
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        dtype: Any = float32,
+        device: str | None = None,
+        **unexpected: Any,
     ):
+        owner = type(self).__name__
+        validation.check_no_extra_options(unexpected, owner)
+        input_size = validation.check_size(input_size, "input_size", owner)
+        hidden_size = validation.check_size(hidden_size, "hidden_size", owner)
+        bias = validation.check_flag(bias, "bias", owner)
         super().__init__()
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        bound = 1.0 / math.sqrt(hidden_size)
+        bound = 1.0 / math.sqrt(hidden_size) if hidden_size else 0.0  # PyTorch's init; hidden_size 0 is allowed
         rows = self.gates * hidden_size
         self.weight_ih = uniform_parameter((rows, input_size), bound, dtype, device)
         self.weight_hh = uniform_parameter((rows, hidden_size), bound, dtype, device)
@@ -121,6 +141,7 @@ class LSTMCell(_GatedCell):
     """
 
     gates = 4
+    state_names = ("h", "c")
 
     def project_input(self, x: Tensor) -> Tensor:
         return linear(x, self.weight_ih, self._summed_biases())  # x W_ihᵀ + b_ih + b_hh
@@ -325,19 +346,24 @@ class Recurrent(Module):
         compile: bool = True,  # noqa: A002  (as torch.compile: run the loop compiled)
         checkpoint: int | None = None,
     ):
+        owner = type(self).__name__
+        input_size = validation.check_size(input_size, "input_size", owner, minimum=1)
+        hidden_size = validation.check_size(hidden_size, "hidden_size", owner, minimum=1)
+        num_layers = validation.check_size(num_layers, "num_layers", owner, minimum=1)
+        bidirectional = validation.check_flag(bidirectional, "bidirectional", owner)
+        batch_first = validation.check_flag(batch_first, "batch_first", owner)
+        dropout = validation.check_probability(dropout, "dropout", owner)
+        validation.warn_if_dropout_unused(dropout, num_layers, owner)
         super().__init__()
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {compile!r}")
+        compile = validation.check_flag(compile, "compile", owner)  # noqa: A001
         if checkpoint is not None:
             if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
-                raise ValueError(f"checkpoint must be a positive int (steps between kept states), got {checkpoint!r}")
+                raise ValueError(
+                    f"{owner}: checkpoint must be a positive int (steps between kept states), got {checkpoint!r}"
+                )
             if not compile:
-                raise ValueError("checkpoint needs compile=True: it recomputes steps of the compiled loop")
+                raise ValueError(f"{owner}: checkpoint needs compile=True (it recomputes steps of the compiled loop)")
         self.compile, self.checkpoint = compile, checkpoint
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bidirectional, self.batch_first, self.dropout = bidirectional, batch_first, dropout
         directions = 2 if bidirectional else 1
@@ -379,6 +405,7 @@ class Recurrent(Module):
         return self
 
     def forward(self, x: Tensor, state: State = None, lengths: Any = None) -> tuple[Tensor, State]:
+        x = validation.check_input(x, type(self).__name__, validation.module_dtype(self))
         if x.ndim != 3 or x.shape[2] != self.input_size:
             layout = "(batch, seq, input)" if self.batch_first else "(seq, batch, input)"
             raise ValueError(
@@ -387,6 +414,8 @@ class Recurrent(Module):
         if self.batch_first:
             x = x.transpose(1, 0, 2)
         steps, batch = x.shape[0], x.shape[1]
+        if steps == 0:
+            raise ValueError(f"{type(self).__name__} expects a sequence of at least one step, got length 0")
         mask = self._mask(lengths, steps, batch, x.device)
         if mask is not None:  # padded steps compute from zeros, so whatever padding holds never reaches a gradient
             x = where(mask, x, 0.0)
@@ -434,21 +463,11 @@ class Recurrent(Module):
         count = self.num_layers * self.num_directions
         if state is None:
             return [cell.initial_state(batch, dtype=x.dtype, device=x.device) for cell in self.cells]
-        expected = (count, batch, self.hidden_size)
-        parts = state if isinstance(state, tuple) else (state,)
         template = self.cells[0].initial_state(batch, dtype=x.dtype, device=x.device)
-        template_parts = template if isinstance(template, tuple) else (template,)
-        if len(parts) != len(template_parts):
-            raise ValueError(
-                f"{type(self).__name__} expects a state of {len(template_parts)} tensor(s), got {len(parts)}"
-            )
-        for part in parts:
-            if not isinstance(part, Tensor) or part.shape != expected:
-                shape = part.shape if isinstance(part, Tensor) else type(part).__name__
-                raise ValueError(
-                    f"{type(self).__name__}: initial state must be shaped {expected} "
-                    f"(layers·directions, batch, hidden), got {shape}"
-                )
+        names = validation.layer_state_names(self.cells[0], len(template) if isinstance(template, tuple) else 1)
+        spec = validation.spec_of(template, leading=(count,))  # (layers·directions, batch, hidden) each
+        state = validation.check_state(state, spec, names, type(self).__name__)
+        parts = state if isinstance(state, tuple) else (state,)
         per_part = [part.unbind(0) for part in parts]
         if isinstance(state, tuple):
             return [tuple(pieces[i] for pieces in per_part) for i in range(count)]
@@ -475,6 +494,7 @@ class _BuiltinLayer(Recurrent):
     """PyTorch's layer signature around one of the built-in cells (``cell_class``)."""
 
     cell_class: type[_GatedCell]
+    cell_option_names: tuple[str, ...] = ()  # the keyword arguments passed on to the cell
 
     def __init__(
         self,
@@ -492,6 +512,12 @@ class _BuiltinLayer(Recurrent):
         device: str | None = None,
         **cell_options: Any,
     ):
+        validation.check_no_extra_options(
+            {name: value for name, value in cell_options.items() if name not in self.cell_option_names},
+            type(self).__name__,
+        )
+        bias = validation.check_flag(bias, "bias", type(self).__name__)
+
         def make_cell(cell_input: int, cell_hidden: int) -> _GatedCell:
             return self.cell_class(cell_input, cell_hidden, bias, **cell_options, dtype=dtype, device=device)
 
@@ -507,6 +533,7 @@ class RNN(_BuiltinLayer):
     """
 
     cell_class = RNNCell
+    cell_option_names = ("nonlinearity",)
 
     def __init__(
         self,

@@ -49,12 +49,16 @@ def _initial_grad(tensor: Tensor, grad: Any) -> Any:
                 f"backward: the gradient is on {grad.device!r} but the tensor on {tensor.device!r}"
             )
         grad = grad.data
-    elif backend.device_of_array(grad) not in (None, tensor.device):
+    elif backend.device_of_array(grad) is None:
+        raise TypeError(
+            f"backward: the gradient must be a Tensor or an array shaped like the tensor {tensor.shape}, "
+            f"got {type(grad).__name__}; wrap it, e.g. tl.Tensor({grad!r}) (as PyTorch, a list or a "
+            "number is not taken)"
+        )
+    elif backend.device_of_array(grad) != tensor.device:
         raise backend.DeviceError(
             f"backward: the gradient array is on {backend.device_of_array(grad)!r} but the tensor on {tensor.device!r}"
         )
-    else:
-        grad = backend.get_device(tensor.device).from_host(grad) if backend.device_of_array(grad) is None else grad
     if tuple(grad.shape) != tensor.shape:
         raise ValueError(
             f"backward: the gradient has shape {tuple(grad.shape)} but the tensor has shape {tensor.shape}"

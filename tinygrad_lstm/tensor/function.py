@@ -187,7 +187,7 @@ class Function:
                         f"{arg.device!r}; move them to one device with .to(device)"
                     )
                 arrays.append(arg.data)
-                if arg.requires_grad:
+                if arg._requires_grad:
                     requires_grad = True
                     node = arg._node
                     edges.append(arg if node is None else (node, arg._output_index))
@@ -226,7 +226,7 @@ def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: in
     tensor = _new_tensor(Tensor)
     tensor.data = array
     tensor.device = target.name
-    tensor.requires_grad = node is not None
+    tensor._requires_grad = node is not None
     tensor.grad = None
     tensor._node = node
     tensor._output_index = index

@@ -11,6 +11,8 @@ sums it back to each input's shape. Ops here never reduce broadcasting themselve
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import backend
 from .function import Function
 
@@ -260,15 +262,32 @@ class Sigmoid(Function):
     """y = 1 / (1 + exp(-x));  VJP: g · y · (1 - y).
 
     A primitive rather than a composition for speed (one node instead of four) and
-    stability: computed as (1 + tanh(x / 2)) / 2, which never overflows.
+    stability. Computed as 1 / (1 + exp(-x)) with -x capped where exp would overflow:
+    no cancellation anywhere (sigmoid(-20) in float32 is 2.06e-9 to full precision,
+    where (1 + tanh(x / 2)) / 2 gives 0), and for x below the cap (-88.7 in float32,
+    -709.7 in float64) y stays the tiny positive 1 / (1 + exp(cap)).
     """
+
+    # Just below log(largest finite value), as NumPy scalars of each dtype (a Python float
+    # as the bound of ``minimum`` costs a conversion per call).
+    exp_cap = {np.dtype(t): t(cap) for t, cap in ((np.float16, 11.0), (np.float32, 88.7), (np.float64, 709.7))}
 
     @staticmethod
     def forward(ctx, x):
-        y = ctx.xp.tanh(x * 0.5)
-        y += 1
-        y *= 0.5
+        y = Sigmoid.of_array(ctx.xp, x)
         ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def of_array(xp, x):
+        """σ(x) of a backend array, as a new array (also used by fused steps: one formula)."""
+        y = xp.negative(x)
+        if y.ndim == 0:  # NumPy returns a scalar for a 0-d array; the steps below work in place
+            y = xp.asarray(y)
+        xp.minimum(y, Sigmoid.exp_cap.get(y.dtype, 709.7), out=y)
+        xp.exp(y, out=y)
+        y += 1
+        xp.reciprocal(y, out=y)
         return y
 
     @staticmethod

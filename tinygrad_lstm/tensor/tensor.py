@@ -40,6 +40,8 @@ def _infer_host_array(data: Any, dtype: np.dtype | None) -> np.ndarray:
     array = np.asarray(data)
     if dtype is not None:
         return array.astype(dtype)
+    if isinstance(data, np.generic) and array.dtype.kind in "biufc":
+        return array  # a NumPy scalar keeps its dtype (np.float64(0.1) stays float64), as an array does
     if array.dtype.kind == "f":
         return array.astype(float32)
     if array.dtype.kind in "iu":
@@ -68,8 +70,10 @@ class Tensor:
     float32, integers int64, booleans bool; an array keeps its dtype.
     """
 
+    # ``_requires_grad`` is read and written directly by the engine's hot path (Function.apply,
+    # _wrap, _make); users go through the ``requires_grad`` property, which checks.
     # ``_version`` counts the in-place changes of this tensor, as PyTorch's does.
-    __slots__ = ("data", "device", "requires_grad", "grad", "_node", "_output_index", "_version", "__weakref__")
+    __slots__ = ("data", "device", "_requires_grad", "grad", "_node", "_output_index", "_version", "__weakref__")
 
     # NumPy defers to our reflected operators (np_array * tensor -> Tensor.__rmul__).
     __array_ufunc__ = None
@@ -94,7 +98,7 @@ class Tensor:
             _check_can_require_grad(array.dtype)
         self.data = array
         self.device = target_device
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         self.grad = None
         self._node = None
         self._output_index = 0
@@ -106,7 +110,7 @@ class Tensor:
         tensor = object.__new__(cls)
         tensor.data = array
         tensor.device = device
-        tensor.requires_grad = requires_grad
+        tensor._requires_grad = requires_grad
         tensor.grad = None
         tensor._node = node
         tensor._output_index = index
@@ -134,6 +138,15 @@ class Tensor:
     def dim(self) -> int:
         """The number of dimensions, ``ndim`` (PyTorch's spelling)."""
         return self.data.ndim
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to this tensor (set it on a floating-point leaf only)."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, requires_grad: bool) -> None:
+        self.requires_grad_(requires_grad)
 
     @property
     def is_leaf(self) -> bool:
@@ -253,12 +266,16 @@ class Tensor:
         return self
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
-        """Set ``requires_grad`` on a leaf in place."""
+        """Set ``requires_grad`` on a leaf in place (as PyTorch: only floating-point
+        tensors can require grad, and a non-leaf's flag cannot be turned off)."""
         if self._node is not None and not requires_grad:
-            raise RuntimeError("cannot turn off requires_grad of a non-leaf tensor; use .detach()")
+            raise RuntimeError(
+                "cannot turn off requires_grad of a non-leaf tensor (one computed by a recorded op); "
+                "use .detach() for a copy outside the graph"
+            )
         if requires_grad:
             _check_can_require_grad(self.dtype)
-        self.requires_grad = bool(requires_grad)
+        self._requires_grad = bool(requires_grad)
         return self
 
     def to(self, *device_or_dtype: Any, device: str | None = None, dtype: Any = None) -> Tensor:
@@ -317,8 +334,15 @@ class Tensor:
         return Tensor(other, device=backend.device_of_array(other) or self.device)
 
     def _binary(self, function, other: Any, reflected: bool = False) -> Tensor:
-        if not isinstance(other, Tensor):
+        dtype = self.data.dtype
+        if isinstance(other, Tensor):
+            promote = other.data.dtype is not dtype or dtype.kind != "f"
+        else:
             other = self._operand(other)
+            promote = dtype.kind != "f" or (isinstance(other, Tensor) and other.data.dtype is not dtype)
+        if promote:  # mixed or non-float dtypes: PyTorch's rules (one float dtype needs nothing)
+            left, right = _promoted(function, *((other, self) if reflected else (self, other)))
+            return _apply_binary(function, left, right)
         return _apply_binary(function, other, self) if reflected else _apply_binary(function, self, other)
 
     def __add__(self, other):
@@ -442,10 +466,10 @@ class Tensor:
         if _function.tracer is not None:  # tracing: self now stands for the result's value on the tape
             _function.tracer.rebind(self, result, spelling)
             self.data, self._node, self._output_index = result.data, result._node, result._output_index
-            self.requires_grad = result.requires_grad
+            self._requires_grad = result.requires_grad
         elif result.requires_grad:  # recorded: self becomes the result, node and all
             self.data, self._node, self._output_index = result.data, result._node, result._output_index
-            self.requires_grad = True
+            self._requires_grad = True
         else:
             try:
                 self.data[...] = result.data
@@ -493,22 +517,22 @@ class Tensor:
 
     # -------------------------------------------------------------- elementwise
     def exp(self):
-        return _ops.Exp.apply(self)
+        return _ops.Exp.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def log(self):
-        return _ops.Log.apply(self)
+        return _ops.Log.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def tanh(self):
-        return _ops.Tanh.apply(self)
+        return _ops.Tanh.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def sigmoid(self):
-        return _ops.Sigmoid.apply(self)
+        return _ops.Sigmoid.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def relu(self):
         return _ops.Relu.apply(self)
 
     def sqrt(self):
-        return _ops.Sqrt.apply(self)
+        return _ops.Sqrt.apply(self if self.data.dtype.kind in "fc" else _floating(self))
 
     def abs(self):
         return _ops.Abs.apply(self)
@@ -570,28 +594,47 @@ class Tensor:
         xp = backend.get_array_module(self.device)
         return Tensor._make(xp.asarray(indices, dtype=int64), self.device)
 
-    def softmax(self, axis=-1, *, dim=None):
-        """exp(x - logsumexp(x)) along ``axis`` (PyTorch: ``dim``); rows sum to 1."""
-        if dim is not None:
-            axis, _ = _torch_spelling("softmax", axis, False, dim, None, default_axis=-1)
-        return self.log_softmax(axis).exp()
-
-    def log_softmax(self, axis=-1, *, dim=None):
-        """x - logsumexp(x) along ``axis`` (PyTorch: ``dim``)."""
-        if dim is not None:
-            axis, _ = _torch_spelling("log_softmax", axis, False, dim, None, default_axis=-1)
-        return self - self.logsumexp(axis=axis, keepdims=True)
-
     def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """log Σ exp(x), computed as m + log Σ exp(x - m) with m = max(x) held constant."""
+        """log Σ exp(x), computed as m + log Σ exp(x - m) with m = max(x) held constant.
+
+        The shift keeps exp from overflowing. Where the max is ±inf it is 0 instead, so
+        [-inf, -inf] gives -inf and [inf, 1] gives inf (not nan), and an empty axis gives
+        log 0 = -inf, as in PyTorch.
+        """
         if dim is not None or keepdim is not None:
             axis, keepdims = _torch_spelling("logsumexp", axis, keepdims, dim, keepdim)
         axis = _normalize_axis(axis, self.ndim)
-        shift = self.detach().max(axis=axis, keepdims=True)
-        total = (self - shift).exp().sum(axis=axis, keepdims=True).log() + shift
+        x = _floating(self)
+        shift = _max_shift(x, axis)
+        with np.errstate(divide="ignore"):  # log 0 = -inf is the answer for an all -inf slice
+            total = (x - shift).exp().sum(axis=axis, keepdims=True).log() + shift
         if keepdims:
             return total
         return total.reshape(*_reduced_shape(self.shape, axis))
+
+    def softmax(self, axis=-1, *, dim=None):
+        """exp(x - m) / Σ exp(x - m) along ``axis`` (PyTorch: ``dim``), m = max(x) held constant.
+
+        Shifting by the max (not subtracting logsumexp) keeps every exponent ≤ 0 and
+        rounds nothing away: rows of [1e6, 1e6, -1e6] in float32 are [0.5, 0.5, 0].
+        An empty axis gives an empty result.
+        """
+        if dim is not None:
+            axis, _ = _torch_spelling("softmax", axis, False, dim, None, default_axis=-1)
+        axis = _normalize_axis(axis, self.ndim)
+        x = _floating(self)
+        exponentials = (x - _max_shift(x, axis)).exp()
+        return exponentials / exponentials.sum(axis=axis, keepdims=True)
+
+    def log_softmax(self, axis=-1, *, dim=None):
+        """(x - m) - log Σ exp(x - m) along ``axis`` (PyTorch: ``dim``), m = max(x) held constant."""
+        if dim is not None:
+            axis, _ = _torch_spelling("log_softmax", axis, False, dim, None, default_axis=-1)
+        axis = _normalize_axis(axis, self.ndim)
+        x = _floating(self)
+        shifted = x - _max_shift(x, axis)
+        with np.errstate(divide="ignore"):
+            return shifted - shifted.exp().sum(axis=axis, keepdims=True).log()
 
     # -------------------------------------------------------------------- shape
     def reshape(self, *shape):
@@ -693,8 +736,10 @@ class Tensor:
         if chunks <= 0:
             raise ValueError(f"chunk needs a positive number of chunks, got {chunks}")
         axis = _single_axis(axis, self.ndim)
-        size = max(1, -(-self.data.shape[axis] // chunks))
-        return self.split(size, axis)
+        length = self.data.shape[axis]
+        if length == 0:  # as PyTorch: an empty axis gives ``chunks`` empty pieces
+            return self.split([0] * chunks, axis)
+        return self.split(-(-length // chunks), axis)
 
     def unbind(self, axis: int = 0, *, dim: int | None = None):
         """The slices along ``axis`` as a tuple, each without that axis; VJP: one stack."""
@@ -859,6 +904,24 @@ def _reduced_shape(shape: tuple[int, ...], axis: tuple[int, ...] | None) -> tupl
     return tuple(s for i, s in enumerate(shape) if i not in axis)
 
 
+def _floating(tensor: Tensor) -> Tensor:
+    """An integer or bool tensor as float32 (PyTorch's default float dtype); floats unchanged."""
+    return tensor if tensor.data.dtype.kind in "fc" else tensor.astype(float32)
+
+
+def _max_shift(tensor: Tensor, axis: tuple[int, ...] | None) -> Tensor:
+    """max(tensor) along ``axis`` (kept as size-1 axes) as a constant, 0 where it is not finite
+    or where the axis is empty: the shift that makes exp(x - shift) safe to sum."""
+    xp = backend.get_array_module(tensor.device)
+    if _reduced_count(tensor.shape, axis) == 0:
+        shape = tuple(1 if axis is None or i in axis else s for i, s in enumerate(tensor.shape))
+        return Tensor._make(xp.zeros(shape, dtype=tensor.dtype), tensor.device)
+    # Ops on a detached tensor, not NumPy on .data: inside tl.scan / tl.compile the shift
+    # must be recomputed at every replay, so it has to be on the tape.
+    largest = tensor.detach().max(axis=axis, keepdims=True)
+    return where(largest.abs() < float("inf"), largest, 0.0)
+
+
 def _reduced_count(shape: tuple[int, ...], axis: tuple[int, ...] | None) -> int:
     count = 1
     for i, s in enumerate(shape):
@@ -902,7 +965,7 @@ def _as_tensor(value: Any, like_device: str | None = None) -> Any:
 
 
 def _apply_binary(function, left: Any, right: Any) -> Tensor:
-    """Apply an elementwise binary op; a broadcasting failure names both shapes."""
+    """Apply an elementwise binary op (operands already promoted); a broadcasting failure names both shapes."""
     try:
         return function.apply(left, right)
     except ValueError as error:
@@ -911,6 +974,69 @@ def _apply_binary(function, left: Any, right: Any) -> Tensor:
         raise ValueError(
             f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})"
         ) from None
+
+
+def result_dtype(*operands: Any, true_division: bool = False) -> np.dtype:
+    """The dtype PyTorch gives an elementwise op of ``operands`` (Tensors and Python scalars).
+
+    Three tiers, highest first: tensors with dimensions, 0-d tensors, Python scalars (a
+    float counts as float32, an int as int64, a bool as bool). Dtypes promote within a
+    tier; a lower tier counts only when its category (bool < integer < floating) is
+    higher: int64 + float32 is float32, float32 + a 0-d float64 is float32, int64 + 2.5 is
+    float32. True division of integers or bools gives float32.
+    """
+    tiers: list[np.dtype | None] = [None, None, None]
+    for operand in operands:
+        if isinstance(operand, Tensor):
+            tier, dtype = (0 if operand.ndim else 1), operand.data.dtype
+        elif isinstance(operand, bool):
+            tier, dtype = 2, bool_
+        elif isinstance(operand, int):
+            tier, dtype = 2, int64
+        else:
+            tier, dtype = 2, float32
+        tiers[tier] = dtype if tiers[tier] is None else _promote_pair(tiers[tier], dtype)
+    result = _combine_tiers(tiers[0], _combine_tiers(tiers[1], tiers[2]))
+    if true_division and _category(result) < 2:
+        return float32
+    return result
+
+
+def _category(dtype: np.dtype) -> int:
+    return 0 if dtype.kind == "b" else 1 if dtype.kind in "iu" else 2
+
+
+def _promote_pair(a: np.dtype, b: np.dtype) -> np.dtype:
+    """Two dtypes of one tier: the higher category wins outright (int64 + float32 is float32)."""
+    category_a, category_b = _category(a), _category(b)
+    if category_a != category_b:
+        return a if category_a > category_b else b
+    return np.promote_types(a, b)
+
+
+def _combine_tiers(higher: np.dtype | None, lower: np.dtype | None) -> np.dtype | None:
+    if higher is None or lower is None:
+        return lower if higher is None else higher
+    return lower if _category(lower) > _category(higher) else higher
+
+
+def _promoted(function, left: Any, right: Any) -> tuple[Any, Any]:
+    """Both operands cast to PyTorch's result dtype (NumPy's rules differ for int with float and for /)."""
+    left_dtype = left.data.dtype if isinstance(left, Tensor) else None
+    right_dtype = right.data.dtype if isinstance(right, Tensor) else None
+    if left_dtype is not None and right_dtype is not None:
+        if left_dtype is right_dtype and (left_dtype.kind in "fc" or function is not _ops.Div):
+            return left, right  # the common case: one dtype, nothing to do
+    elif left_dtype is None and right_dtype is None:
+        return left, right  # two Python scalars: NumPy's rules are Python's
+    elif (left_dtype or right_dtype).kind in "fc":
+        return left, right  # a float tensor and a Python scalar: NumPy keeps the tensor's dtype
+    target = result_dtype(left, right, true_division=function is _ops.Div)
+    if left_dtype is not None and left_dtype != target:
+        left = left.astype(target)
+    if right_dtype is not None and right_dtype != target:
+        right = right.astype(target)
+    return left, right
 
 
 def matmul(a: Any, b: Any) -> Tensor:
@@ -939,6 +1065,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"linear: x of shape {x.shape} and weight of shape {weight.shape} do not fit; "
             "weight must be (out_features, in_features) with in_features = x.shape[-1]"
         )
+    if not weight.data.size:  # a layer of size 0 (PyTorch allows one): the composed form handles empties
+        product = matmul(x, weight.T)
+        return product if bias is None else product + bias
     if bias is not None and (not isinstance(bias, Tensor) or bias.dtype != weight.dtype or x.dtype != weight.dtype):
         return _ops.Linear.apply(x, weight, None) + bias  # mixed dtypes: promote as ``+`` does
     try:
@@ -955,7 +1084,7 @@ def maximum(a: Any, b: Any) -> Tensor:
     a = _as_tensor(a)
     device = a.device if isinstance(a, Tensor) else None
     b = _as_tensor(b, device)
-    return _apply_binary(_ops.Maximum, a, b)
+    return _apply_binary(_ops.Maximum, *_promoted(_ops.Maximum, a, b))
 
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
@@ -969,6 +1098,7 @@ def where(condition: Any, a: Any, b: Any) -> Tensor:
         raise backend.DeviceError(f"where: the condition is on {condition.device!r} but the values on {device!r}")
     if condition.dtype.kind != "b":
         raise TypeError(f"where: the condition must be boolean, got {condition.dtype}")
+    a, b = _promoted(_ops.Where, a, b)
     return _ops.Where.apply(a, b, condition)
 
 

@@ -211,6 +211,10 @@ def _dropout(x: Tensor, device: str | None) -> Tensor:
     return F.dropout(x, 0.5, training=True)
 
 
+def _weights(device: str | None) -> Tensor:
+    return Tensor(np.arange(1.0, 5.0), device=device)  # (4,) float64, distinct
+
+
 def _function_checks() -> list[Check]:
     def cross_entropy(rng: Rng, device: str | None) -> Built:
         logits = _tensor(_normal(rng, 4, 5), device)
@@ -218,7 +222,8 @@ def _function_checks() -> list[Check]:
         return (lambda logits: F.cross_entropy(logits, targets)), (logits,), ["logits"]
 
     return [
-        _single("softmax", ("softmax",), lambda x, d: F.softmax(x, axis=1), (2, 4), group="function"),
+        # Weighted: a softmax row sums to 1, so the plain sum the vacuity test takes has no gradient.
+        _single("softmax", ("softmax",), lambda x, d: F.softmax(x, axis=1) * _weights(d), (2, 4), group="function"),
         _single("log_softmax", ("log_softmax",), lambda x, d: F.log_softmax(x, axis=-1), (2, 4), group="function"),
         Check("cross_entropy", "function", ("cross_entropy",), cross_entropy),
         _binary("mse_loss", "mse_loss", F.mse_loss, [(3, 2), (3, 2)], group="function"),
