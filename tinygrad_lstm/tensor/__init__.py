@@ -13,7 +13,9 @@ from .backend import DeviceError, get_array_module, register_device, set_default
 from .backend import default_device as get_default_device
 from .creation import arange, full, manual_seed, ones, ones_like, rand, randn, zeros, zeros_like
 from .function import Context, Function, is_grad_enabled, no_grad, set_grad_enabled
+from .graph_backward import DoubleBackwardError
 from .tensor import Tensor, as_dtype, bool_, cat, float32, float64, int64, linear, matmul, maximum, stack, where
+from .transforms import hessian, hvp, jacobian, jvp, vjp
 
 
 def _method(name: str):
@@ -49,6 +51,7 @@ unbind = _method("unbind")
 __all__ = [
     "Context",
     "DeviceError",
+    "DoubleBackwardError",
     "Function",
     "Tensor",
     "abs",
@@ -67,8 +70,12 @@ __all__ = [
     "get_array_module",
     "get_default_device",
     "grad",
+    "hessian",
+    "hvp",
     "int64",
     "is_grad_enabled",
+    "jacobian",
+    "jvp",
     "linear",
     "log",
     "logsumexp",
@@ -99,6 +106,7 @@ __all__ = [
     "transpose",
     "unbind",
     "unsqueeze",
+    "vjp",
     "where",
     "zeros",
     "zeros_like",
