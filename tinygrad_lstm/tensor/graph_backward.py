@@ -18,10 +18,14 @@ cannot be recorded raises :class:`DoubleBackwardError` naming the op.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from . import backend
 from .tensor import Tensor
+
+
+_NUMBERS = (int, float)
 
 
 class DoubleBackwardError(RuntimeError):
@@ -56,21 +60,21 @@ class DifferentiableArrays:
     def _tensor(self, value: Any) -> Any:
         return _constant(value, self.device)
 
-    # elementwise
+    # elementwise (of a Python number, a Python number: it must not change a Tensor's dtype)
     def exp(self, x):
-        return self._tensor(x).exp()
+        return math.exp(x) if isinstance(x, _NUMBERS) else self._tensor(x).exp()
 
     def log(self, x):
-        return self._tensor(x).log()
+        return math.log(x) if isinstance(x, _NUMBERS) else self._tensor(x).log()
 
     def tanh(self, x):
-        return self._tensor(x).tanh()
+        return math.tanh(x) if isinstance(x, _NUMBERS) else self._tensor(x).tanh()
 
     def sqrt(self, x):
-        return self._tensor(x).sqrt()
+        return math.sqrt(x) if isinstance(x, _NUMBERS) else self._tensor(x).sqrt()
 
     def abs(self, x):
-        return self._tensor(x).abs()
+        return abs(x) if isinstance(x, _NUMBERS) else self._tensor(x).abs()
 
     def sign(self, x):
         """Piecewise constant: no gradient."""
