@@ -24,7 +24,6 @@ from typing import Any
 from . import backend
 from .tensor import Tensor
 
-
 _NUMBERS = (int, float)
 
 
