@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .autograd import grad
-from .creation import zeros
+from .creation import full, zeros
 from .tensor import Tensor, stack
 
 
@@ -37,6 +37,11 @@ def _as_tuple(value: Any, what: str, transform: str) -> tuple[bool, tuple[Tensor
         if not isinstance(entry, Tensor):
             raise TypeError(f"{transform}: {what}[{position}] must be a Tensor, got {type(entry).__name__}")
     return single, tuple(values)
+
+
+def _filled(like: Tensor, value: float) -> Tensor:
+    """A Tensor shaped like ``like`` (same dtype, device) holding ``value`` everywhere."""
+    return full(like.shape, value, dtype=like.dtype, device=like.device)
 
 
 def _mirror(single: bool, values: Any) -> Any:
@@ -79,7 +84,7 @@ def _default_v(v: Any, like: tuple[Tensor, ...], of: str, transform: str) -> tup
         return single, vectors
     if len(like) != 1 or like[0].size != 1:
         raise ValueError(f"{transform}: v may be omitted only when {of} is a single Tensor with one element")
-    return True, (Tensor._make(like[0].data * 0 + 1, like[0].device),)
+    return True, (_filled(like[0], 1.0),)
 
 
 def _vjp_of(outputs: tuple[Tensor, ...], inputs: tuple[Tensor, ...], vectors: tuple, create_graph: bool) -> tuple:
@@ -115,7 +120,7 @@ def jvp(fn: Callable, inputs: Any, v: Any = None, create_graph: bool = False) ->
     xs = _prepare(xs, create_graph, "jvp")
     _, vectors = _default_v(v, xs, "inputs", "jvp")
     single_output, outputs = _as_tuple(fn(*xs), "fn's output", "jvp")
-    dummies = tuple(Tensor._make(out.data * 0, out.device, True) for out in outputs)
+    dummies = tuple(_filled(out, 0.0).requires_grad_() for out in outputs)
     pulled = _vjp_of(outputs, xs, dummies, create_graph=True)  # uᵀ J, linear in u
     pushed = _vjp_of(pulled, dummies, vectors, create_graph)  # d(uᵀ J v)/du = J v
     return _mirror(single_output, _finish(outputs, create_graph)), _mirror(single_output, _finish(pushed, create_graph))
@@ -149,8 +154,8 @@ def _jacobian_rows(output: Tensor, xs: tuple[Tensor, ...], create_graph: bool) -
     if not output.requires_grad or output.size == 0:
         return [zeros(*output.shape, *x.shape, dtype=x.dtype, device=x.device) for x in xs]
     rows: list[list[Tensor]] = [[] for _ in xs]
-    seed = output.data * 0
-    flat = seed.reshape(-1)
+    seed = _filled(output, 0.0).data
+    flat = seed.reshape(-1)  # a view: setting its entries sets the seed's
     for element in range(output.size):
         flat[element] = 1
         seed_tensor = Tensor._make(seed.copy(), output.device)
