@@ -363,3 +363,39 @@ def test_gradgradcheck_rejects_bad_grad_outputs() -> None:
         gradgradcheck(lambda x: x * x, (x,), grad_outputs=[f64([1.0, 2.0, 3.0])])
     with pytest.raises(ValueError, match="no input Tensor requires grad"):
         gradgradcheck(lambda x: x * x, (f64([1.0], requires_grad=False),))
+
+
+# ------------------------------------------------------ the battery and the command line
+
+
+def test_the_op_battery_passes_to_second_order_on_the_strict_device(strict_device: str) -> None:
+    """Every op check, second order, on the stand-in that refuses host arrays (as CuPy does)."""
+    from tinygrad_lstm.testing import battery
+
+    checks = [check for check in battery.battery() if check.group == "op"]
+    results = battery.run_battery(strict_device, checks, order=2)
+    failed = [f"{r.check.name}: {r.error or r.report}" for r in results if not r.passed]
+    assert not failed, "\n".join(failed)
+
+
+def test_gradcheck_command_with_order_2_catches_a_second_order_only_bug(capsys, monkeypatch) -> None:
+    from tinygrad_lstm.cli import main
+
+    assert main(["gradcheck", "--order", "2", "-k", "tanh"]) == 0
+    out = capsys.readouterr().out
+    assert "second-derivative checks (gradgradcheck)" in out and "3 of 3 checks passed" in out
+    monkeypatch.setattr(ops.Tanh, "backward", staticmethod(_tanh_vjp_from_a_detached_value))
+    assert main(["gradcheck", "-k", "tanh"]) == 0  # first order cannot see it
+    capsys.readouterr()
+    assert main(["gradcheck", "--order", "2", "-k", "tanh"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED tanh" in out and "first wrong second derivative: Tanh" in out
+
+
+def test_battery_rejects_an_unknown_order() -> None:
+    from tinygrad_lstm.testing import battery
+
+    result = battery.run_check(battery.battery()[0], order=2)
+    assert result.passed
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        battery.run_check(battery.battery()[0], order=3)

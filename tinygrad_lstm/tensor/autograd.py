@@ -116,8 +116,8 @@ def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
         current += grad  # a buffer this pass allocated: add in place
         node.grads[index] = current  # (a NumPy scalar, from 0-d math, is rebound instead)
     else:
-        node.grads[index] = current + grad
-        node.owned[index] = True
+        node.grads[index] = current = current + grad
+        node.owned[index] = type(current) is not Tensor  # never add in place into a recorded Tensor
 
 
 def run_backward(
@@ -155,7 +155,7 @@ def run_backward(
             entry[1] += grad
         else:
             entry[1] = entry[1] + grad
-            entry[2] = True
+            entry[2] = type(entry[1]) is not Tensor  # never add in place into a recorded Tensor
 
     root_nodes = []
     for root, grad in zip(roots, grads):
