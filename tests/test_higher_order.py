@@ -399,3 +399,13 @@ def test_battery_rejects_an_unknown_order() -> None:
     assert result.passed
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         battery.run_check(battery.battery()[0], order=3)
+
+
+def test_each_grad_under_create_graph_has_an_array_of_its_own() -> None:
+    a, b = f64([0.5, 1.0]), f64([2.0, -1.0])
+    ((a + b) ** 2).sum().backward(create_graph=True)  # Add hands one gradient, 2(a + b), to both
+    first = a.grad.numpy().copy()
+    b.grad.data *= 0  # an in-place update of one .grad ...
+    np.testing.assert_allclose(a.grad.numpy(), first)  # ... leaves the other alone
+    (second,) = tl.grad(a.grad.sum(), b)  # and the recorded graph intact: d/db Σ 2(a + b) = 2
+    np.testing.assert_allclose(second.numpy(), [2.0, 2.0])

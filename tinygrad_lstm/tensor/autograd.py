@@ -188,7 +188,9 @@ def run_backward(
 
 def _add_to_dot_grad(tensor: Tensor, grad: Any, owned: bool = False) -> None:
     if isinstance(grad, Tensor):  # create_graph: .grad keeps the gradient's graph
-        tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+        # ``+ 0.0`` is a recorded copy: .grad must not share an array with another .grad
+        # or with the recorded graph, since users (and clip_grad_norm_) update it in place.
+        tensor.grad = grad + 0.0 if tensor.grad is None else tensor.grad + grad
         return
     device = backend.get_device(tensor.device)
     if not isinstance(grad, device.array_type):
