@@ -163,7 +163,8 @@ class GraphContext:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._node, name)
-        if hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "fc" and not isinstance(value, Tensor):
+        kind = getattr(getattr(value, "dtype", None), "kind", None)
+        if kind is not None and kind in "fc" and not isinstance(value, Tensor):
             raise DoubleBackwardError(
                 f"{self._node.name}.backward reads ctx.{name}, a floating-point array that forward stored "
                 "as an attribute: create_graph=True cannot follow how it depends on the inputs. "
@@ -174,7 +175,11 @@ class GraphContext:
 
 
 def _advice(function: type) -> str:
-    return f"{function.create_graph_advice}, or set {function.__name__}.differentiable_backward = False"
+    """How to make ``function`` twice differentiable, or to say plainly that it is not."""
+    return (
+        f"to make it twice differentiable, {function.create_graph_advice} (or set "
+        f"{function.__name__}.differentiable_backward = False to mark it first-order only)"
+    )
 
 
 _role_cache: dict[type, tuple] = {}
