@@ -76,6 +76,25 @@ def test_every_primitive_is_covered_by_the_second_order_table() -> None:
     assert not missing, f"no second-order check exercises {sorted(missing)}"
 
 
+@pytest.mark.parametrize("name", ["getitem_basic", "getitem_advanced"])
+def test_the_vjp_of_indexing_is_checked_to_second_order_on_drawn_indices(name: str) -> None:
+    """IndexAdd (GetItem's VJP, recorded) gradgradchecked: the gradient of Σ x[index]³."""
+    spec = next(spec for spec in OP_SPECS if spec.name == name)
+
+    @settings(max_examples=6)
+    @given(case=spec.cases)
+    def check(case: Case) -> None:
+        form = next(iter(spec.forms.values()))
+        inputs = to_tensors(case.arrays, "cpu")
+
+        def gradient(x, *rest):
+            return tl.grad((form(x, *rest, **case.kwargs) ** 3).sum(), x, create_graph=True)[0]
+
+        gradgradcheck(gradient, inputs)
+
+    check()
+
+
 def test_the_vjp_of_indexing_is_itself_differentiable() -> None:
     x = f64([[0.3, -0.2], [0.5, 0.9], [-0.4, 0.1]])
     index = tl.Tensor([0, 2, 0])
