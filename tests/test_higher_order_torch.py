@@ -86,6 +86,21 @@ OPS = {
         ),
         [(_normal, (2, 3))],
     ),
+    "add, sub, neg": (
+        lambda a, b: (a + b) * (a - b) * -b,
+        lambda a, b: (a + b) * (a - b) * -b,
+        [(_normal, (2, 3)), (_normal, (1, 3))],
+    ),
+    "unbind, chunk": (
+        lambda x: tl.stack([p * q.squeeze(1) for p, q in zip(x.unbind(1), x.chunk(3, axis=1)[::-1])]),
+        lambda x: torch.stack([p * q.squeeze(1) for p, q in zip(x.unbind(1), x.chunk(3, dim=1)[::-1])]),
+        [(_normal, (2, 3))],
+    ),
+    "astype": (
+        lambda x: (x.astype(tl.float32).astype(tl.float64) ** 2) * x,
+        lambda x: (x.float().double() ** 2) * x,
+        [(_normal, (2, 3))],
+    ),
     "where": (
         lambda x: tl.where(x > 0, x * x, x.exp()),
         lambda x: torch.where(x > 0, x * x, x.exp()),
