@@ -428,3 +428,27 @@ def test_each_grad_under_create_graph_has_an_array_of_its_own() -> None:
     np.testing.assert_allclose(a.grad.numpy(), first)  # ... leaves the other alone
     (second,) = tl.grad(a.grad.sum(), b)  # and the recorded graph intact: d/db Σ 2(a + b) = 2
     np.testing.assert_allclose(second.numpy(), [2.0, 2.0])
+
+
+def test_a_first_order_backward_runs_every_vjp_on_raw_arrays(monkeypatch) -> None:
+    """create_graph=False: each VJP sees the engine's Context and backend arrays, no Tensor."""
+    from tinygrad_lstm import nn
+    from tinygrad_lstm.testing.battery import all_primitives
+
+    seen = []
+    for name in all_primitives():
+        function = getattr(ops, name)
+        original = function.backward
+
+        def spy(ctx, *grads, _original=original):
+            seen.append((type(ctx), {type(g) for g in grads} | {type(s) for s in ctx.saved_tensors}))
+            return _original(ctx, *grads)
+
+        monkeypatch.setattr(function, "backward", staticmethod(spy))
+    tl.manual_seed(0)
+    output, _ = nn.LSTM(3, 4, num_layers=2)(tl.Tensor(np.random.default_rng(0).standard_normal((5, 2, 3))))
+    (output * output).sum().backward()
+    assert len(seen) > 50
+    for context_type, value_types in seen:
+        assert context_type is tl.Context
+        assert not any(issubclass(t, tl.Tensor) for t in value_types), value_types
