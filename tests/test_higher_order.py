@@ -452,3 +452,23 @@ def test_a_first_order_backward_runs_every_vjp_on_raw_arrays(monkeypatch) -> Non
     for context_type, value_types in seen:
         assert context_type is tl.Context
         assert not any(issubclass(t, tl.Tensor) for t in value_types), value_types
+
+
+class SumOfExp(tl.Function):
+    """y = Σ exp(x), saving its 0-d output (a NumPy scalar, as NumPy reductions return)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        total = ctx.xp.exp(x).sum()
+        ctx.save_for_backward(x, total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, total = ctx.saved_tensors
+        return grad * ctx.xp.exp(x) * (total / total)
+
+
+def test_a_user_function_saving_its_scalar_output_is_recorded() -> None:
+    x = f64([0.2, -0.4])
+    gradgradcheck(SumOfExp.apply, (x,))

@@ -221,6 +221,8 @@ def saved_as_tensors(node: Any) -> tuple:
             continue
         kind, index = role
         if kind == "output":
+            if not hasattr(array, "ndim") or array.ndim == 0:  # a NumPy scalar from a 0-d result
+                array = backend.get_array_module(node.output_device).asarray(array)
             tensors.append(Tensor._make(array, node.output_device, True, node, index))
             continue
         edge = node.edges[index]
