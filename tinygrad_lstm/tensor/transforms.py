@@ -134,7 +134,7 @@ def _scalar_output(fn: Callable, xs: tuple[Tensor, ...], transform: str) -> Tens
     return output
 
 
-def hvp(fn: Callable, inputs: Any, v: Any, create_graph: bool = False) -> tuple[Tensor, Any]:
+def hvp(fn: Callable, inputs: Any, v: Any = None, create_graph: bool = False) -> tuple[Tensor, Any]:
     """``(fn(*inputs), vᵀ H)`` for a scalar ``fn``: the Hessian-vector product (reverse over reverse).
 
     The Hessian is symmetric for a twice continuously differentiable ``fn``, so this is
