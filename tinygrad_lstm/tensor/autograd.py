@@ -222,11 +222,10 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
         else:
             has_grad = output_grads[0] is not None
         if has_grad:
-            output_grads = _materialize(node) if node.multi_output else output_grads
             if create_graph:
-                input_grads = recorded_backward(node, output_grads)
+                input_grads = recorded_backward(node, _materialize(node) if node.multi_output else output_grads)
             else:
-                input_grads = node.function.backward(node, *output_grads)
+                input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
             if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
             if len(input_grads) != len(edges):

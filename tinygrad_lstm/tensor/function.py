@@ -217,7 +217,7 @@ class Function:
             ctx.output_meta = meta
             ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
-            if ctx.saved_tensors and cls.saves is None:  # a user's op: note what it saved
+            if cls.saves is None and ctx.saved_tensors:  # a user's op: note what it saved
                 ctx.saved_roles = saved_roles(ctx.saved_tensors, arrays, output)
             if record_source is not None:
                 ctx.source = record_source()
