@@ -1258,3 +1258,41 @@ def test_in_place_ops_inside_a_traced_function():
     weight = tl.Tensor([1.0])
     with pytest.raises(tl.TraceError, match="in-place"):
         tl.compile(lambda t: (weight.__imul__(2.0), t * weight)[1])(tl.Tensor([1.0]))
+
+
+# ----------------------------------------------------------- second derivatives
+
+
+def test_second_derivatives_through_a_compiled_loop_raise_with_the_way_out():
+    tl.manual_seed(0)
+    layer = nn.LSTM(2, 3).astype(tl.float64)
+    x = tl.Tensor(np.random.default_rng(0).standard_normal((4, 1, 2)), requires_grad=True)
+    output, _ = layer(x)
+    with pytest.raises(tl.DoubleBackwardError, match="compile=False"):
+        tl.grad((output * output).sum(), [x], create_graph=True)
+    with pytest.raises(tl.DoubleBackwardError, match="tl.compile"):
+        square = tl.compile(lambda t: (t * t).sum())
+        tl.grad(square(x), [x], create_graph=True)
+    with nn.written_out_loops():  # the same layer, every op recorded: second order works
+        output, _ = layer(x)
+        (gradient,) = tl.grad((output * output).sum(), [x], create_graph=True)
+    (second,) = tl.grad(gradient.sum(), [x])
+    layer.compile = False
+    output, _ = layer(x)
+    (expected_gradient,) = tl.grad((output * output).sum(), [x], create_graph=True)
+    (expected,) = tl.grad(expected_gradient.sum(), [x])
+    np.testing.assert_allclose(second.numpy(), expected.numpy(), rtol=1e-12)
+
+
+def test_the_second_order_battery_leaves_out_the_compiled_checks_and_says_why():
+    from tinygrad_lstm.testing import battery
+
+    first, second = battery.battery_for(1), battery.battery_for(2)
+    compiled = [check for check in first if check.group == "compiled"]
+    assert compiled and not [check for check in second if check.group == "compiled"]
+    assert all(check.orders == (1,) for check in compiled)
+    results = battery.run_battery(checks=compiled)
+    assert all(result.passed for result in results)
+    assert {"Compare", "Detach", "Scan", "Compiled"} <= set().union(*(result.primitives for result in results))
+    assert "Detach" not in battery.primitives_missed([], order=2)
+    assert "Detach" in battery.primitives_missed([], order=1)

@@ -425,7 +425,7 @@ def command_charlm(args: argparse.Namespace) -> int:
 def command_gradcheck(args: argparse.Namespace) -> int:
     from .testing import battery
 
-    checks = battery.battery()
+    checks = battery.battery_for(args.order)
     if args.filter:
         checks = [check for check in checks if args.filter.lower() in check.name.lower()]
         if not checks:
@@ -435,11 +435,14 @@ def command_gradcheck(args: argparse.Namespace) -> int:
             print(f"{check.group:<16} {check.name}")
         return 0
     device = get_default_device()
-    print(f"gradient checks: reverse mode against central differences, float64, device {device}", flush=True)
+    what = "gradient checks" if args.order == 1 else "second-derivative checks (gradgradcheck)"
+    print(f"{what}: reverse mode against central differences, float64, device {device}", flush=True)
     bar = _progress(len(checks), "gradcheck", unit="check")
     start = time.perf_counter()
     try:
-        results = battery.run_battery(device, checks, on_result=lambda result: bar.update(1), seed=args.seed)
+        results = battery.run_battery(
+            device, checks, on_result=lambda result: bar.update(1), seed=args.seed, order=args.order
+        )
     finally:
         bar.close()
     width = max(len(result.check.name) for result in results)
@@ -453,7 +456,7 @@ def command_gradcheck(args: argparse.Namespace) -> int:
     failed = [result for result in results if not result.passed]
     for result in failed:
         print(f"\nFAILED {result.check.name}:\n{result.error or result.report}")
-    missed = battery.primitives_missed(results) if not args.filter else []
+    missed = battery.primitives_missed(results, args.order) if not args.filter else []
     primitives = battery.all_primitives()
     print(
         f"\n{len(results) - len(failed)} of {len(results)} checks passed in {_seconds(time.perf_counter() - start)}"
@@ -557,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-k", "--filter", default=None, metavar="TEXT", help="run only checks whose name contains TEXT")
     check.add_argument("--list", action="store_true", help="list the checks and exit")
+    check.add_argument(
+        "--order",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: gradients (default); 2: second derivatives, the VJP of the VJP (gradgradcheck)",
+    )
     check.set_defaults(handler=command_gradcheck)
     return parser
 

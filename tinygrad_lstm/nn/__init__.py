@@ -6,7 +6,19 @@ from .fused import FusedLSTMCell, FusedLSTMStep
 from .layers import Dropout, Embedding, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import LoadResult, Module, ModuleList, Parameter, Sequential
-from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, Recurrent, RecurrentCell, RNNCell, detach_state, run_cell
+from .recurrent import (
+    GRU,
+    LSTM,
+    RNN,
+    GRUCell,
+    LSTMCell,
+    Recurrent,
+    RecurrentCell,
+    RNNCell,
+    detach_state,
+    run_cell,
+    written_out_loops,
+)
 
 __all__ = [
     "GRU",
@@ -36,4 +48,5 @@ __all__ = [
     "functional",
     "run_cell",
     "utils",
+    "written_out_loops",
 ]

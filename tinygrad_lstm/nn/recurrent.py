@@ -24,6 +24,7 @@ lengths and an initial state. ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` are exactly
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -197,6 +198,25 @@ def _zip_state(function: Callable, first: State, second: State) -> State:
     if isinstance(first, tuple):
         return tuple(function(a, b) for a, b in zip(first, second))
     return function(first, second)
+
+
+_written_out = 0  # > 0 inside ``written_out_loops()``
+
+
+@contextlib.contextmanager
+def written_out_loops():
+    """Inside this block every ``Recurrent`` layer runs as if built with ``compile=False``.
+
+    For tools that need every op of every step as a node of the graph: second
+    derivatives (the compiled loop's backward runs on raw arrays and cannot be
+    recorded), per-op localisation, probes per step.
+    """
+    global _written_out
+    _written_out += 1
+    try:
+        yield
+    finally:
+        _written_out -= 1
 
 
 def detach_state(state: State) -> State:
@@ -428,9 +448,11 @@ class Recurrent(Module):
             outputs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
+                compiled = self.compile and not _written_out
                 output, final = run_cell(
-                    self.cells[index], layer_input, initial[index], mask, direction == 1, self.compile, self.checkpoint
-                )
+                    self.cells[index], layer_input, initial[index], mask, direction == 1, compiled,
+                    self.checkpoint if compiled else None,
+                )  # fmt: skip
                 outputs.append(output)
                 finals.append(final)
             layer_input = outputs[0] if len(outputs) == 1 else concatenate(outputs, axis=2)

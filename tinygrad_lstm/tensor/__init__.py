@@ -16,6 +16,7 @@ from .backend import DeviceError, get_array_module, register_device, set_default
 from .backend import default_device as get_default_device
 from .creation import arange, full, manual_seed, ones, ones_like, rand, randn, zeros, zeros_like
 from .function import Context, Function, TraceError, is_grad_enabled, no_grad, set_grad_enabled
+from .graph_backward import DoubleBackwardError
 from .scan import compile, scan  # noqa: A004  (tl.compile, as torch.compile)
 from .tensor import (
     ElementCount,
@@ -33,6 +34,7 @@ from .tensor import (
     stack,
     where,
 )
+from .transforms import hessian, hvp, jacobian, jvp, vjp
 
 # PyTorch's dtype names (``tl.float`` is ``torch.float``, float32; ``tl.long`` is int64).
 # Not in __all__: ``from tinygrad_lstm import *`` must not shadow the builtin ``float``.
@@ -95,6 +97,7 @@ sys.modules[__name__].__class__ = _CallablePackage
 __all__ = [
     "Context",
     "DeviceError",
+    "DoubleBackwardError",
     "ElementCount",
     "Function",
     "MaxResult",
@@ -120,8 +123,12 @@ __all__ = [
     "get_array_module",
     "get_default_device",
     "grad",
+    "hessian",
+    "hvp",
     "int64",
     "is_grad_enabled",
+    "jacobian",
+    "jvp",
     "linear",
     "log",
     "log_softmax",
@@ -156,6 +163,7 @@ __all__ = [
     "transpose",
     "unbind",
     "unsqueeze",
+    "vjp",
     "where",
     "zeros",
     "zeros_like",

@@ -8,6 +8,11 @@
    place broadcasting is undone), cast to its dtype, and accumulated: into the parent
    node's buffer, or into a leaf's ``.grad``.
 4. Unless ``retain_graph=True``, each node releases its saved arrays right after use.
+
+With ``create_graph=True`` the same loop runs with gradients that are Tensors: each
+node's VJP is run on Tensors (``graph_backward.recorded_backward``) with recording on,
+and the sums, reductions and casts of steps 3 are Tensor ops too, so the gradients
+that come out have a graph of their own and can be differentiated again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import backend
-from .function import Context, no_grad
+from .function import Context, set_grad_enabled
+from .graph_backward import recorded_backward
 from .tensor import Tensor, in_place_writes
 
 
@@ -32,8 +38,17 @@ def sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
     return grad.reshape(shape)
 
 
-def _initial_grad(tensor: Tensor, grad: Any) -> Any:
-    """The gradient a root starts with, checked against the root's shape and device."""
+def _initial_grad(tensor: Tensor, grad: Any, create_graph: bool = False) -> Any:
+    """The gradient a root starts with, checked against the root's shape and device.
+
+    With ``create_graph`` it is a Tensor: a Tensor ``grad`` is kept as it is (its own
+    graph included, so results can be differentiated with respect to it).
+    """
+    if create_graph:
+        if isinstance(grad, Tensor) and grad.requires_grad:
+            _initial_grad(tensor, grad.detach())  # the checks only
+            return grad if grad.dtype == tensor.dtype else grad.astype(tensor.dtype)
+        return Tensor._make(_initial_grad(tensor, grad), tensor.device)
     xp = backend.get_array_module(tensor.device)
     if grad is None:
         if tensor.size != 1:
@@ -105,8 +120,8 @@ def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
         current += grad  # a buffer this pass allocated: add in place
         node.grads[index] = current  # (a NumPy scalar, from 0-d math, is rebound instead)
     else:
-        node.grads[index] = current + grad
-        node.owned[index] = True
+        node.grads[index] = current = current + grad
+        node.owned[index] = type(current) is not Tensor  # never add in place into a recorded Tensor
 
 
 _retaining = False  # whether the running backward pass keeps the graph (retain_graph=True)
@@ -122,13 +137,15 @@ def run_backward(
     grads: Sequence[Any],
     retain_graph: bool = False,
     capture: Sequence[Tensor] | None = None,
+    create_graph: bool = False,
 ) -> list[Any] | None:
     """Backpropagate ``grads`` from ``roots``.
 
     Without ``capture``, gradients accumulate into ``.grad`` of the leaves (and of
     non-leaves that called ``retain_grad()``). With ``capture``, nothing is written to
     ``.grad``: the gradients reaching those tensors are returned instead (None for a
-    tensor that the roots do not depend on).
+    tensor that the roots do not depend on). With ``create_graph`` every gradient is a
+    Tensor recorded in a graph of its own.
     """
     leaf_grads: dict[int, list] = {}  # id(leaf) -> [leaf, grad, owned]
     captured_leaves: dict[int, int] = {}
@@ -150,7 +167,7 @@ def run_backward(
             entry[1] += grad
         else:
             entry[1] = entry[1] + grad
-            entry[2] = True
+            entry[2] = type(entry[1]) is not Tensor  # never add in place into a recorded Tensor
 
     root_nodes = []
     for root, grad in zip(roots, grads):
@@ -159,7 +176,7 @@ def run_backward(
                 "backward() on a tensor that does not require grad: no input of its graph "
                 "has requires_grad=True (or it was computed under no_grad())"
             )
-        grad = _initial_grad(root, grad)
+        grad = _initial_grad(root, grad, create_graph)
         if root._node is None:
             deliver_to_leaf(root, grad)
         else:
@@ -168,11 +185,11 @@ def run_backward(
             root_nodes.append(root._node)
 
     global _retaining
-    with no_grad():
+    with set_grad_enabled(create_graph):
         if root_nodes:
             previous, _retaining = _retaining, retain_graph
             try:
-                _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results)
+                _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results, create_graph)
             finally:
                 _retaining = previous
 
@@ -187,6 +204,11 @@ def run_backward(
 
 
 def _add_to_dot_grad(tensor: Tensor, grad: Any, owned: bool = False) -> None:
+    if isinstance(grad, Tensor):  # create_graph: .grad keeps the gradient's graph
+        # ``+ 0.0`` is a recorded copy: .grad must not share an array with another .grad
+        # or with the recorded graph, since users (and clip_grad_norm_) update it in place.
+        tensor.grad = grad + 0.0 if tensor.grad is None else tensor.grad + grad
+        return
     device = backend.get_device(tensor.device)
     if not isinstance(grad, device.array_type):
         grad, owned = device.xp.asarray(grad), True  # 0-d math in NumPy yields scalars
@@ -198,7 +220,7 @@ def _add_to_dot_grad(tensor: Tensor, grad: Any, owned: bool = False) -> None:
         tensor.grad = Tensor._make(tensor.grad.data + grad, tensor.device)
 
 
-def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results) -> None:
+def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results, create_graph=False) -> None:
     consumers = _count_consumers(list(dict.fromkeys(root_nodes)))
     ready = [node for node, count in consumers.items() if count == 0]
     while ready:
@@ -219,7 +241,10 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
         if has_grad:
             if node.clock != in_place_writes.clock and node.saved_tensors:
                 _check_saved_arrays(node)
-            input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
+            if create_graph:
+                input_grads = recorded_backward(node, _materialize(node) if node.multi_output else output_grads)
+            else:
+                input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
             if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
             if len(input_grads) != len(edges):
@@ -296,19 +321,39 @@ def _fill_retained(node: Context) -> None:
             _add_to_dot_grad(tensor, grad)
 
 
-def backward(tensors: Sequence[Tensor], grads: Sequence[Any] | None = None, retain_graph: bool = False) -> None:
-    """Accumulate gradients of ``tensors`` (seeded with ``grads``) into the leaves' ``.grad``."""
+def backward(
+    tensors: Sequence[Tensor],
+    grads: Sequence[Any] | None = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+) -> None:
+    """Accumulate gradients of ``tensors`` (seeded with ``grads``) into the leaves' ``.grad``.
+
+    ``create_graph=True`` records the backward pass, so each ``.grad`` is a Tensor with
+    a graph that can be differentiated again; ``retain_graph`` defaults to it.
+    """
     tensors = list(tensors)
     grads = [None] * len(tensors) if grads is None else list(grads)
-    run_backward(tensors, grads, retain_graph=retain_graph)
+    retain_graph = create_graph if retain_graph is None else retain_graph
+    run_backward(tensors, grads, retain_graph=retain_graph, create_graph=create_graph)
 
 
-def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: bool = False) -> tuple:
+def grad(
+    outputs: Any,
+    inputs: Any,
+    grad_outputs: Any = None,
+    retain_graph: bool | None = None,
+    create_graph: bool = False,
+) -> tuple:
     """d(outputs)/d(inputs) · grad_outputs, returned as Tensors without touching ``.grad``.
 
     Like ``torch.autograd.grad``: ``outputs`` and ``inputs`` are Tensors or sequences of
-    them. An input the outputs do not depend on gets a zero gradient.
+    them. An input the outputs do not depend on gets a zero gradient. With
+    ``create_graph=True`` the gradients are recorded (they have a graph and can be
+    differentiated again, also with respect to Tensor ``grad_outputs`` that require
+    grad); ``retain_graph`` defaults to ``create_graph``.
     """
+    retain_graph = create_graph if retain_graph is None else retain_graph
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     single = isinstance(inputs, Tensor)
     inputs = [inputs] if single else list(inputs)
@@ -319,9 +364,14 @@ def grad(outputs: Any, inputs: Any, grad_outputs: Any = None, retain_graph: bool
     for tensor in inputs:
         if not tensor.requires_grad:
             raise ValueError("grad(): every input must require grad")
-    arrays = run_backward(outputs, list(grad_outputs), retain_graph=retain_graph, capture=inputs)
+    arrays = run_backward(
+        outputs, list(grad_outputs), retain_graph=retain_graph, capture=inputs, create_graph=create_graph
+    )
     result = []
     for tensor, array in zip(inputs, arrays):
+        if isinstance(array, Tensor):  # create_graph: already a Tensor with its graph
+            result.append(array)
+            continue
         xp = backend.get_array_module(tensor.device)
         array = xp.zeros(tensor.data.shape, dtype=tensor.dtype) if array is None else xp.asarray(array)
         result.append(Tensor._make(array, tensor.device))

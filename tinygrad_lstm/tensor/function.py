@@ -118,6 +118,7 @@ class Context:
     retained = None  # output index -> weakref of a tensor that called retain_grad()
     source = None  # where user code created this node (recorded while localizing)
     freed = False  # True once backward released what this node saved
+    saved_roles = None  # for a user's Function: what each saved array was (see saved_roles)
 
     def __init__(self, function, xp, device):
         self.function = function
@@ -155,7 +156,39 @@ record_source = None
 
 
 class Function:
-    """Base class of every op: subclass it and write ``forward`` and ``backward``."""
+    """Base class of every op: subclass it and write ``forward`` and ``backward``.
+
+    Higher order (``backward(create_graph=True)``): the engine calls the same
+    ``backward`` once more, now with Tensors. Each gradient argument is a Tensor, each
+    entry of ``ctx.saved_tensors`` is the Tensor of the forward input or output it was
+    (so it is connected to the graph), and ``ctx.xp`` is a namespace of differentiable
+    functions (``exp``, ``where``, ``concatenate``, ...: see ``graph_backward.py``) in
+    place of the array module. A backward written with ``ctx.xp`` and arithmetic on its
+    arguments is therefore recorded, and can be differentiated again, to any order.
+    What cannot be recorded raises an error naming the Function, never a wrong
+    derivative: an array saved that is neither an input nor an output of ``forward``
+    (recompute it in ``backward`` from those), a floating-point array kept as a ``ctx``
+    attribute, a NumPy call on a Tensor.
+
+    Class attributes:
+
+    * ``differentiable_backward`` (default True): set it to False when ``backward``
+      works only on raw arrays; ``create_graph=True`` through this op then raises an
+      error that names it and ends with ``create_graph_advice``.
+    * ``create_graph_advice``: what that error tells the user to do instead.
+    * ``saves``: the built-in ops name what ``forward`` passes to
+      ``save_for_backward``, in order: ``forward``'s parameter names, ``"y"`` for the
+      output (so the engine needs no look-up on the hot path). Left None (as users
+      leave it), the engine finds out by identity when the node is recorded.
+    """
+
+    differentiable_backward: bool = True
+    create_graph_advice: str = (
+        "write its backward with ctx.xp functions and arithmetic on its arguments, saving only "
+        "forward's inputs and outputs with ctx.save_for_backward (recompute anything else in "
+        "backward), or compose it from built-in ops"
+    )
+    saves: tuple[str, ...] | None = None
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
@@ -214,9 +247,34 @@ class Function:
             ctx.output_meta = meta
             ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
+            if cls.saves is None and ctx.saved_tensors:  # a user's op: note what it saved
+                ctx.saved_roles = saved_roles(ctx.saved_tensors, arrays, output)
             if record_source is not None:
                 ctx.source = record_source()
         return result
+
+
+def saved_roles(saved: tuple, inputs: list, output: Any) -> tuple:
+    """What each saved array is: ``("input", i)``, ``("output", k)`` or None (neither).
+
+    Matched by identity, so that ``backward(create_graph=True)`` can hand ``backward``
+    the Tensor each saved array belongs to.
+    """
+    outputs = output if type(output) is tuple else (output,)
+    roles = []
+    for array in saved:
+        role = None
+        for i, value in enumerate(inputs):
+            if value is array:
+                role = ("input", i)
+                break
+        else:
+            for k, value in enumerate(outputs):
+                if value is array:
+                    role = ("output", k)
+                    break
+        roles.append(role)
+    return tuple(roles)
 
 
 def _wrap(ctx: Context, array: Any, target: Any, node: Context | None, index: int) -> Tensor:

@@ -7,6 +7,15 @@ returns one gradient per forward input.
 Broadcasting is undone once, by the engine (``autograd.sum_to``), after an op's
 backward: an elementwise op returns its gradient in the broadcast shape and the engine
 sums it back to each input's shape. Ops here never reduce broadcasting themselves.
+
+Every ``backward`` serves first and higher order alike. Normally its arguments are
+backend arrays and ``ctx.xp`` is the array module (NumPy or CuPy). Under
+``backward(create_graph=True)`` the same code runs on Tensors: the gradients, and the
+saved arrays as the Tensors of the inputs/outputs they were (``saves`` names which),
+with ``ctx.xp`` a namespace of differentiable functions (``graph_backward.py``), so
+the VJP is itself recorded and can be differentiated again. Hence the VJPs below use
+only arithmetic, methods Tensors share with arrays, and ``ctx.xp`` functions; masks
+(``y > 0``, ``x == max``) are comparisons, which carry no gradient in either case.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import numpy as np
 
 from . import backend
 from .function import Function
+from .tensor import Tensor
 
 # --------------------------------------------------------------------- binary
 
@@ -46,6 +56,8 @@ class Sub(Function):
 class Mul(Function):
     """y = a · b;  VJP: (g · b, g · a)."""
 
+    saves = ("a", "b")
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -64,6 +76,8 @@ class Mul(Function):
 class Div(Function):
     """y = a / b;  VJP: (g / b, -g · y / b)."""
 
+    saves = ("b", "y")
+
     @staticmethod
     def forward(ctx, a, b):
         y = a / b
@@ -81,6 +95,8 @@ class Div(Function):
 
 class Pow(Function):
     """y = a ** b;  VJP: (g · b · a ** (b - 1), g · y · log a)."""
+
+    saves = ("a", "b", "y")
 
     @staticmethod
     def forward(ctx, a, b):
@@ -106,6 +122,8 @@ class Pow(Function):
 class Maximum(Function):
     """y = max(a, b);  VJP: g to the larger input, g/2 to each where a == b."""
 
+    saves = ("a", "b")
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -114,9 +132,8 @@ class Maximum(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        share_a = (a > b) + 0.5 * (a == b)
-        share_a = share_a.astype(g.dtype, copy=False)
-        return g * share_a, g * (1 - share_a)
+        grad_a = g * (a > b) + (g * 0.5) * (a == b)  # the masks are constants: no gradient
+        return grad_a, g - grad_a
 
 
 class Where(Function):
@@ -135,6 +152,8 @@ class Where(Function):
 
 class MatMul(Function):
     """y = a @ b;  VJP: (g @ bᵀ, aᵀ @ g), with 1-D operands treated as a row / a column."""
+
+    saves = ("a", "b")
 
     @staticmethod
     def forward(ctx, a, b):
@@ -178,6 +197,8 @@ class Linear(Function):
     matmul on the transposed view than on a contiguous matrix.
     """
 
+    saves = ("x", "weight")
+
     @staticmethod
     def forward(ctx, x, weight, bias=None, weight_t=None):
         ctx.save_for_backward(x, weight)
@@ -215,6 +236,8 @@ class Neg(Function):
 class Exp(Function):
     """y = exp(x);  VJP: g · y."""
 
+    saves = ("y",)
+
     @staticmethod
     def forward(ctx, x):
         y = ctx.xp.exp(x)
@@ -230,6 +253,8 @@ class Exp(Function):
 class Log(Function):
     """y = log(x);  VJP: g / x."""
 
+    saves = ("x",)
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -243,6 +268,8 @@ class Log(Function):
 
 class Tanh(Function):
     """y = tanh(x);  VJP: g · (1 - y²)."""
+
+    saves = ("y",)
 
     @staticmethod
     def forward(ctx, x):
@@ -268,6 +295,7 @@ class Sigmoid(Function):
     -709.7 in float64) y stays the tiny positive 1 / (1 + exp(cap)).
     """
 
+    saves = ("y",)
     # Just below log(largest finite value), as NumPy scalars of each dtype (a Python float
     # as the bound of ``minimum`` costs a conversion per call).
     exp_cap = {np.dtype(t): t(cap) for t, cap in ((np.float16, 11.0), (np.float32, 88.7), (np.float64, 709.7))}
@@ -302,6 +330,8 @@ class Sigmoid(Function):
 class Relu(Function):
     """y = max(x, 0);  VJP: g · [x > 0]."""
 
+    saves = ("y",)
+
     @staticmethod
     def forward(ctx, x):
         y = ctx.xp.maximum(x, 0)
@@ -316,6 +346,8 @@ class Relu(Function):
 
 class Sqrt(Function):
     """y = √x;  VJP: g / (2y)."""
+
+    saves = ("y",)
 
     @staticmethod
     def forward(ctx, x):
@@ -332,6 +364,8 @@ class Sqrt(Function):
 class Abs(Function):
     """y = |x|;  VJP: g · sign(x)."""
 
+    saves = ("x",)
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -346,6 +380,8 @@ class Abs(Function):
 class Clip(Function):
     """y = min(max(x, lo), hi);  VJP: g · [lo ≤ x ≤ hi]."""
 
+    saves = ("x",)
+
     @staticmethod
     def forward(ctx, x, lo=None, hi=None):
         ctx.save_for_backward(x)
@@ -355,12 +391,11 @@ class Clip(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        inside = ctx.xp.ones(x.shape, dtype=bool)
         if ctx.lo is not None:
-            inside &= x >= ctx.lo
+            g = g * (x >= ctx.lo)
         if ctx.hi is not None:
-            inside &= x <= ctx.hi
-        return g * inside
+            g = g * (x <= ctx.hi)
+        return g
 
 
 class Cast(Function):
@@ -386,6 +421,8 @@ class ToDevice(Function):
 
     @staticmethod
     def backward(ctx, g):
+        if isinstance(g, Tensor):  # under create_graph: the copy back is itself this op
+            return g.to(ctx.source_device)
         return backend.to_device(g, ctx.output_device, ctx.source_device)
 
 
@@ -433,17 +470,22 @@ class Sum(Function):
 class Max(Function):
     """y = max_axis x;  VJP: g to the maximal entries, split evenly among ties."""
 
+    saves = ("x", "y")
+
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         y = x.max(axis=axis, keepdims=True)
+        if not keepdims:  # (an array even for a full reduction, where NumPy gives a scalar)
+            y = y.reshape(()) if axis is None else y.squeeze(axis)
         ctx.save_for_backward(x, y)
         ctx.axis, ctx.keepdims = axis, keepdims
-        return y if keepdims else _drop_reduced_dims(y, axis)
+        return y
 
     @staticmethod
     def backward(ctx, g):
         x, y = ctx.saved_tensors
         g = _keep_reduced_dims(g, ctx.axis, ctx.keepdims, ctx.xp)
+        y = _keep_reduced_dims(y, ctx.axis, ctx.keepdims, ctx.xp)
         is_max = (x == y).astype(g.dtype)
         ties = is_max.sum(axis=ctx.axis, keepdims=True)
         return is_max * (g / ties)
@@ -454,12 +496,6 @@ def _keep_reduced_dims(g, axis, keepdims, xp):
     if keepdims or axis is None:  # a 0-d gradient already broadcasts against x
         return g
     return xp.expand_dims(g, axis)
-
-
-def _drop_reduced_dims(y, axis):
-    if axis is None:
-        return y.reshape(())
-    return y.squeeze(axis)
 
 
 # ---------------------------------------------------------------------- shape
@@ -513,13 +549,35 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx, g):
-        xp, index = ctx.xp, ctx.index
-        grad = xp.zeros(ctx.input_shape, dtype=g.dtype)
-        if _is_basic_index(index):
-            grad[index] = g  # basic indexing never repeats an element
-        else:
-            backend.scatter_add(xp, grad, index, g)
-        return grad
+        if isinstance(g, Tensor):  # under create_graph: the scatter is itself an op
+            return IndexAdd.apply(g, shape=ctx.input_shape, index=ctx.index)
+        return _scatter_into_zeros(ctx.xp, ctx.input_shape, ctx.index, g)
+
+
+class IndexAdd(Function):
+    """y = zeros(shape) with x added at index (repeats accumulate);  VJP: g[index].
+
+    The VJP of ``GetItem``, as an op of its own so that a gradient of indexing can be
+    differentiated again (its VJP is indexing once more).
+    """
+
+    @staticmethod
+    def forward(ctx, x, shape, index):
+        ctx.index = index
+        return _scatter_into_zeros(ctx.xp, shape, index, x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.index]
+
+
+def _scatter_into_zeros(xp, shape, index, values):
+    grad = xp.zeros(shape, dtype=values.dtype)
+    if _is_basic_index(index):
+        grad[index] = values  # basic indexing never repeats an element
+    else:
+        backend.scatter_add(xp, grad, index, values)
+    return grad
 
 
 def _is_basic_index(index) -> bool:

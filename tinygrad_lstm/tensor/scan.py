@@ -596,6 +596,13 @@ class Loop:
 class Scan(Function):
     """The whole loop of ``tl.scan`` as one node: forward replays the tape over time, backward its VJPs."""
 
+    # Its backward replays VJPs on raw arrays: not recordable, so no derivatives of derivatives.
+    differentiable_backward = False
+    create_graph_advice = (
+        "write the loop out for second derivatives: build nn layers with compile=False (or run them inside "
+        "`with nn.written_out_loops():`), and use a Python loop instead of tl.scan"
+    )
+
     @staticmethod
     def forward(ctx, *arrays, loop: Loop):
         carry_count, x_count = len(loop.carry_in), len(loop.x_in)
@@ -818,6 +825,9 @@ class Program:
 
 class Compiled(Function):
     """One call of a compiled function as one node: the tape replayed forward, its VJPs in reverse."""
+
+    differentiable_backward = False  # as Scan: the replayed VJPs run on raw arrays
+    create_graph_advice = "call the function itself, not its tl.compile version, for second derivatives"
 
     @staticmethod
     def forward(ctx, *arrays, program: Program):

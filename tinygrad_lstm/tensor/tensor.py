@@ -234,16 +234,18 @@ class Tensor:
         return f"Tensor({body}, {', '.join(extras)})"
 
     # -------------------------------------------------------- graph management
-    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+    def backward(self, grad: Any = None, retain_graph: bool | None = None, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) · grad into ``.grad`` of every leaf that requires grad.
 
         ``grad`` (a Tensor or array shaped like ``self``) may be omitted only when
         ``self`` has one element; it then defaults to 1. The graph's saved arrays are
-        freed afterwards unless ``retain_graph=True``.
+        freed afterwards unless ``retain_graph=True``. ``create_graph=True`` records the
+        backward pass itself, so each ``.grad`` can be differentiated again (see
+        docs/higher_order.md); ``retain_graph`` then defaults to True.
         """
         from .autograd import backward
 
-        backward([self], [grad], retain_graph=retain_graph)
+        backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph (shares memory, never requires grad)."""

@@ -3,12 +3,15 @@
 * ``gradcheck`` / ``check_gradients``: reverse mode against finite differences; on a
   failure the report names the op whose VJP is wrong (``localize``).
 * ``localize_ops``: re-check every op of a graph on its own inputs.
+* ``gradgradcheck`` / ``check_second_derivatives``: second derivatives (the VJP of the
+  VJP) against finite differences, localised to the first op that is wrong.
 * ``recurrent_report``: a recurrent cell or layer's gradient errors per time step and gate.
 * ``check_cell`` (needs hypothesis): one-call gradient and contract checks of a cell.
 * ``strategies`` (needs hypothesis): Hypothesis strategies for tensors and recurrent shapes.
 """
 
 from .gradcheck import GradcheckError, GradcheckReport, Mismatch, check_gradients, gradcheck
+from .gradgradcheck import SecondOrderLocalization, check_second_derivatives, gradgradcheck, localize_second_order
 from .localize import Localization, localize_ops
 from .recurrent_report import RecurrentReport, check_step, recurrent_report
 
@@ -20,11 +23,15 @@ __all__ = [
     "Localization",
     "Mismatch",
     "RecurrentReport",
+    "SecondOrderLocalization",
     "check_cell",
     "check_gradients",
+    "check_second_derivatives",
     "check_step",
     "gradcheck",
+    "gradgradcheck",
     "localize_ops",
+    "localize_second_order",
     "recurrent_report",
     "strategies",
 ]

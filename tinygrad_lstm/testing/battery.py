@@ -10,7 +10,9 @@ the checked inputs: gradcheck nudges them in place, and the module sees the nudg
 ``run_battery(device)`` runs them all and returns one :class:`CheckResult` per check;
 ``primitives_covered`` says which primitive ops of ``tensor/ops.py`` the battery's graphs
 contain, so a new primitive without a check does not go unnoticed.
-``tinygrad-lstm gradcheck`` prints the table.
+``tinygrad-lstm gradcheck`` prints the table. With ``order=2`` (``--order 2``) every
+check compares second derivatives instead (:func:`check_second_derivatives`: the
+VJP of the VJP, recorded with ``create_graph=True``, against finite differences).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import numpy as np
 
 from .. import nn
 from ..nn import functional as F
-from ..tensor import Function, Tensor, float64, get_default_device, manual_seed, ops
+from ..tensor import Function, Tensor, float64, get_default_device, manual_seed, ops, set_grad_enabled
 from ..tensor import cat as tl_cat
 from ..tensor import grad as tl_grad
 from ..tensor import stack as tl_stack
 from ..tensor import where as tl_where
 from ..tensor.scan import traced_ops
 from .gradcheck import GradcheckReport, check_gradients
+from .gradgradcheck import check_second_derivatives
 
 Built = tuple[Callable[..., Any], tuple[Any, ...], list[str]]
 Rng = np.random.Generator
@@ -47,6 +50,11 @@ class Check:
     eps: float = 1e-6
     atol: float = 1e-5
     rtol: float = 1e-3
+    orders: tuple[int, ...] = (1, 2)  # the derivative orders it checks (compiled code: first only)
+
+
+# Primitives that pass no gradient at all: a second-order check has nothing to see in them.
+NO_GRADIENT = ("Compare", "Detach")
 
 
 @dataclass
@@ -129,6 +137,13 @@ class _Square(Function):
         return 2 * x * grad
 
 
+def _gradient_of_indexing(x: Tensor, device: str | None) -> Tensor:
+    """d/dx Σ x[i]³ for repeated indices i, recorded: its graph holds IndexAdd, GetItem's VJP."""
+    index = Tensor([0, 2, 0], device=device)
+    with set_grad_enabled(True):  # finite differences call fn under no_grad; a gradient needs a graph
+        return tl_grad([(x[index] ** 3).sum()], [x], create_graph=True)[0]
+
+
 def _other_device(device: str | None) -> str:
     """A second device to round-trip through: the strict stand-in from the CPU, else the CPU."""
     from .strict_backend import register_strict_device
@@ -182,6 +197,7 @@ def _op_checks() -> list[Check]:
         _single("chunk", ("chunk",), lambda x, d: x.chunk(3, axis=1), (2, 7)),
         _single("unbind", ("unbind",), lambda x, d: tuple(p * (i + 1) for i, p in enumerate(x.unbind(1))), (2, 3)),
         _single("where", ("where",), lambda x, d: tl_where(x > 0, x, x * x), (3, 4), make=_away_from_zero),
+        _single("gradient of getitem (IndexAdd)", ("getitem", "create_graph"), _gradient_of_indexing, (3, 2)),
         _single("user Function (Square.apply)", ("Function",), lambda x, d: _Square.apply(x), (2, 3)),
         # float32 cannot resolve a 1e-6 nudge: a wider step, and a tolerance for its rounding
         _single(
@@ -456,10 +472,16 @@ def _compiled_checks() -> list[Check]:
     from ..tensor import scan
 
     return [
-        Check("tl.scan (an RNN step, weight captured)", "compiled", ("scan",), scan_rnn(False, None)),
-        Check("tl.scan reverse, checkpoint=2", "compiled", ("scan",), scan_rnn(True, 2)),
-        Check("tl.compile (comparison, where, logsumexp)", "compiled", ("compile",), compiled_mask),
+        # First order only: a compiled node's backward replays VJPs on raw arrays (not recordable)
+        Check("tl.scan (an RNN step, weight captured)", "compiled", ("scan",), scan_rnn(False, None), orders=(1,)),
+        Check("tl.scan reverse, checkpoint=2", "compiled", ("scan",), scan_rnn(True, 2), orders=(1,)),
+        Check("tl.compile (comparison, where, logsumexp)", "compiled", ("compile",), compiled_mask, orders=(1,)),
     ]
+
+
+def battery_for(order: int) -> list[Check]:
+    """The checks that apply to derivatives of ``order`` (1 or 2)."""
+    return [check for check in battery() if order in check.orders]
 
 
 def battery() -> list[Check]:
@@ -508,8 +530,13 @@ def _gradient_reaches(outputs: tuple[Tensor, ...], inputs: tuple[Any, ...]) -> l
     return [g is not None and bool(np.any(g.numpy() != 0)) for g in grads]
 
 
-def run_check(check: Check, device: str | None = None, seed: int = 0) -> CheckResult:
-    """Build one check's inputs on ``device`` and compare reverse mode with finite differences."""
+def run_check(check: Check, device: str | None = None, seed: int = 0, order: int = 1) -> CheckResult:
+    """Build one check's inputs on ``device`` and compare reverse mode with finite differences.
+
+    ``order=2`` compares second derivatives (gradgradcheck) instead of first.
+    """
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
     start = time.perf_counter()
     try:
         fn, inputs, names = check.build(check_rng(check.name, seed), device)
@@ -521,7 +548,13 @@ def run_check(check: Check, device: str | None = None, seed: int = 0) -> CheckRe
         primitives = graph_primitives(outputs)
         if not any(_gradient_reaches(outputs, inputs)):
             raise ValueError("vacuous check: every gradient is zero at these inputs (dead relu units?)")
-        report = check_gradients(flat, inputs, eps=check.eps, atol=check.atol, rtol=check.rtol, names=names)
+        if order == 1:
+            report = check_gradients(flat, inputs, eps=check.eps, atol=check.atol, rtol=check.rtol, names=names)
+        else:  # second derivatives need every op recorded: recurrent layers run their loops written out
+            with nn.written_out_loops():
+                report = check_second_derivatives(
+                    flat, inputs, eps=check.eps, atol=check.atol, rtol=check.rtol, names=names
+                )
     except Exception as error:  # a check that crashes is a failed check, reported by name
         return CheckResult(check, None, time.perf_counter() - start, f"{type(error).__name__}: {error}")
     return CheckResult(check, report, time.perf_counter() - start, primitives=primitives)
@@ -532,11 +565,15 @@ def run_battery(
     checks: list[Check] | None = None,
     on_result: Callable[[CheckResult], None] | None = None,
     seed: int = 0,
+    order: int = 1,
 ) -> list[CheckResult]:
-    """Run every check (or ``checks``) with inputs drawn from ``seed``; ``on_result`` sees each result."""
+    """Run every check (or ``checks``) with inputs drawn from ``seed``; ``on_result`` sees each result.
+
+    ``order=2`` checks second derivatives instead of first.
+    """
     results = []
     for check in checks if checks is not None else battery():
-        results.append(run_check(check, device, seed))
+        results.append(run_check(check, device, seed, order))
         if on_result is not None:
             on_result(results[-1])
     return results
@@ -551,7 +588,8 @@ def all_primitives() -> list[str]:
     )
 
 
-def primitives_missed(results: Iterable[CheckResult]) -> list[str]:
-    """Primitives of ``tensor/ops.py`` that no check's graph contained."""
+def primitives_missed(results: Iterable[CheckResult], order: int = 1) -> list[str]:
+    """Primitives of ``tensor/ops.py`` that no check's graph contained (at order 2, of those with a gradient)."""
     covered = set().union(*(result.primitives for result in results))
-    return [name for name in all_primitives() if name not in covered]
+    exempt = NO_GRADIENT if order == 2 else ()
+    return [name for name in all_primitives() if name not in covered and name not in exempt]

@@ -49,6 +49,7 @@ class Mismatch:
     analytical: float
     numerical: float
     count: int  # how many Jacobian entries of this pair are out of tolerance
+    output_name: str = ""  # how the report names the output (default "output k")
 
     @property
     def abs_error(self) -> float:
@@ -56,7 +57,7 @@ class Mismatch:
 
     def __str__(self) -> str:
         return (
-            f"d(output {self.output_index}){list(self.output_element)} / "
+            f"d({self.output_name or f'output {self.output_index}'}){list(self.output_element)} / "
             f"d({self.input_name}){list(self.input_element)}: reverse mode gives "
             f"{self.analytical:.10g}, finite differences give {self.numerical:.10g} "
             f"(|difference| {self.abs_error:.3g}; {self.count} entries of this Jacobian out of tolerance)"
@@ -77,15 +78,16 @@ class GradcheckReport:
     notes: list[str] = field(default_factory=list)
     # On failure: which op is to blame (see testing.localize); None when not localised.
     localization: Any = None
+    check: str = "gradcheck"  # which check made the report ("gradgradcheck" for second order)
 
     def __str__(self) -> str:
         if self.passed:
             return (
-                f"gradcheck passed: max |analytical - numerical| = {self.max_abs_error:.3g}, "
+                f"{self.check} passed: max |analytical - numerical| = {self.max_abs_error:.3g}, "
                 f"max relative error = {self.max_rel_error:.3g}"
             )
         lines = [
-            f"gradcheck failed: reverse-mode gradients disagree with central differences "
+            f"{self.check} failed: reverse-mode gradients disagree with central differences "
             f"(eps={self.eps:g}, atol={self.atol:g}, rtol={self.rtol:g}) for "
             f"{len(self.mismatches)} (input, output) pair(s):"
         ]
@@ -158,12 +160,14 @@ def check_gradients(
     rtol: float = 1e-3,
     names: Sequence[str] | None = None,
     localize: bool | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> GradcheckReport:
     """Run the comparison and return a :class:`GradcheckReport` (never raises on mismatch).
 
     On a mismatch, ``localize`` re-checks every op of the graph on its own and puts the
     first wrong one in ``report.localization`` (see :mod:`tinygrad_lstm.testing.localize`):
     True always, False never, None (default) when the graph has at most 200 nodes.
+    ``output_names`` optionally labels the outputs in the report.
     """
     all_inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     positions = [p for p, x in enumerate(all_inputs) if isinstance(x, Tensor) and x.requires_grad]
@@ -205,6 +209,7 @@ def check_gradients(
                         analytical=float(a[row, col]),
                         numerical=float(n[row, col]),
                         count=int(bad.sum()),
+                        output_name=output_names[k] if output_names is not None else "",
                     )
                 )
     report = GradcheckReport(
