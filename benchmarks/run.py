@@ -19,8 +19,9 @@ compared as a sanity check. The ``overhead`` workload instead runs a chain of 2,
 tiny ops on a shape-(4,) tensor, forward and backward, against a plain NumPy loop doing
 the same forward and backward arithmetic: it measures the engine's per-op cost.
 
-Method: one warm-up call per contender (it also picks how many calls one timed sample
-makes, so that a sample lasts at least --min-sample-ms), then --rounds rounds in which
+Method: one warm-up call per contender (the first call of a compiled contender traces),
+then one timed call that picks how many calls one timed sample makes, so that a sample
+lasts at least --min-sample-ms, then --rounds rounds in which
 every contender is timed once, the order rotating between rounds; the figure reported
 is the median. Peak memory is measured afterwards, on fresh instances, one step each
 under tracemalloc (which sees NumPy's allocations but not PyTorch's; on CUDA, CuPy's
@@ -487,8 +488,10 @@ def run_workload(workload: Workload, args: argparse.Namespace, device: Device) -
     for name, factory in factories.items():
         try:
             step = factory(workload, data, device)
+            rows[name]["first_loss"] = loss_value(step())  # warm-up (a compiled contender traces here)
+            device.sync()
             start = time.perf_counter()
-            rows[name]["first_loss"] = loss_value(step())  # warm-up; same parameters for all
+            step()  # a second call, timed, picks how many calls make a sample
             device.sync()
             seconds = time.perf_counter() - start
         except Skip as why:

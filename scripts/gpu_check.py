@@ -194,7 +194,33 @@ def battery() -> list[Check]:
             gradcheck_options=dict(eps=1e-3),  # float32 rounding needs a wider step
         ),
         Check("to('cpu')", lambda x: x.to("cpu") * 2, lambda x: x * 2, [uniform(3)], output_device="cpu"),
+        # compiled code: the tape replayed on the device's arrays, forward and backward
+        Check(
+            "tl.scan (RNN step, checkpoint=2)",
+            lambda h0, xs, w: tl.scan(lambda h, x: _rnn_step(h, x, w), h0, xs, checkpoint=2),
+            lambda h0, xs, w: _np_scan_rnn(h0, xs, w),
+            [uniform(2, 3), uniform(4, 2, 3), uniform(3, 3)],
+        ),
+        Check(
+            "tl.compile (where, comparison, logsumexp)",
+            tl.compile(lambda x: tl.where(x > 0, x * x, x * 0.5).logsumexp(axis=1)),
+            lambda x: np.log(np.exp(np.where(x > 0, x * x, x * 0.5)).sum(axis=1)),
+            [distinct(3, 4)],
+        ),
     ]
+
+
+def _rnn_step(h, x, weight):
+    h = tl.linear(h, weight, x).tanh()
+    return h, h * 2.0
+
+
+def _np_scan_rnn(h, xs, weight):
+    ys = []
+    for x in xs:
+        h = np.tanh(h @ weight.T + x)
+        ys.append(h * 2.0)
+    return h, np.stack(ys)
 
 
 # ------------------------------------------------------------------ running

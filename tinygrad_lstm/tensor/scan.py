@@ -742,7 +742,9 @@ def scan(
 
     # A carry part needs a gradient from step 1 on if the step makes it depend on
     # anything that requires grad: trace again with it marked until nothing changes.
-    carry_requires = [part.requires_grad for part in init_parts]
+    # Optimistic start: when xs want a gradient, the carry almost always comes to depend on them.
+    any_x_requires = any(x.requires_grad for x in x_parts or ())
+    carry_requires = [part.requires_grad or any_x_requires for part in init_parts]
     while True:
         stand_ins, result, tracer = trace("tl.scan", step, [*init_parts, *x_first], [*carry_requires, *x_first_none])
         if not isinstance(result, tuple) or len(result) != 2:
