@@ -292,13 +292,20 @@ def _check_saved_arrays(node: Context) -> None:
 
 
 def _fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, node: Context) -> Any:
-    """Undo broadcasting and cast: the gradient must look exactly like its input."""
+    return fit_gradient(grad, shape, dtype, node.name)
+
+
+def fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, name: str) -> Any:
+    """Undo broadcasting and cast: the gradient of ``name``'s input must look exactly like it.
+
+    The one place broadcasting is undone, after every VJP (eager, recorded or replayed).
+    """
     if grad.shape != shape:
         try:
             grad = sum_to(grad, shape)
         except ValueError:
             raise RuntimeError(
-                f"{node.name}.backward returned a gradient of shape {grad.shape} for an input of shape {shape}"
+                f"{name}.backward returned a gradient of shape {grad.shape} for an input of shape {shape}"
             ) from None
     if grad.dtype != dtype:
         grad = grad.astype(dtype)

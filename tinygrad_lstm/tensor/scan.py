@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import autograd, backend, function
-from .autograd import sum_to
+from .autograd import fit_gradient
 from .function import Context, Function, TraceError, is_grad_enabled
 from .tensor import Tensor
 
@@ -407,18 +407,6 @@ def build_replay(tape: Tape, kind: str) -> Callable:
         namespace[f"shape{slot}"], namespace[f"dtype{slot}"] = shape, dtype
     exec(code, namespace)
     return namespace.pop(kind.split("_")[0])  # popped: the function must not hold itself (a reference cycle)
-
-
-def fit_gradient(grad: Any, shape: tuple[int, ...], dtype: Any, name: str) -> Any:
-    """Undo broadcasting and cast, as the eager engine does after every VJP."""
-    if grad.shape != shape:
-        try:
-            grad = sum_to(grad, shape)
-        except ValueError:
-            raise RuntimeError(
-                f"{name}.backward returned a gradient of shape {grad.shape} for an input of shape {shape}"
-            ) from None
-    return grad.astype(dtype) if grad.dtype != dtype else grad
 
 
 class Accumulator:
