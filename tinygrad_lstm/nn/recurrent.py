@@ -266,9 +266,9 @@ def _scan_cell(
     unless it would be large, the cell steps through its own ``forward``, or
     ``checkpoint`` asks for memory over speed: then each step projects its own x_t.
     """
-    hoisted = not overrides_forward(cell) and checkpoint is None and _small_projection(cell, x)
-    inputs = cell.project_input(x) if hoisted else x
     own_forward = overrides_forward(cell)
+    hoisted = not own_forward and checkpoint is None and _small_projection(cell, x)
+    inputs = cell.project_input(x) if hoisted else x
 
     def advance(state: State, x_t: Tensor) -> State:
         if own_forward:

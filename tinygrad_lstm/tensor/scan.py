@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import autograd, backend, function
+from . import autograd, backend, function, ops
 from .autograd import fit_gradient
 from .function import Context, Function, TraceError, is_grad_enabled
 from .tensor import Tensor
@@ -441,8 +441,6 @@ def mark_deferred(tape: Tape) -> None:
     for ``MatMul(a, B)`` with 2-D a. So when W (or b, or B) is an implicit input of the
     loop, the per-step VJP skips it and :func:`deferred_gradients` does it afterwards.
     """
-    from . import ops
-
     captured = set(tape.captured_slots)
     for op in tape.ops:
         if op.function is ops.Linear and op.slots[1] in captured and "weight_t" not in op.kwargs:
@@ -471,7 +469,7 @@ def deferred_gradients(tape: Tape, op_index: int, steps: list[tuple[Context, Any
     xp = tape.xp
     first_inputs = [ctx.saved_tensors[0] for ctx, _ in steps]
     output_grads = [grad for _, grad in steps]
-    if op.function.__name__ == "MatMul":
+    if op.function is ops.MatMul:  # 2-D rows of every step, one below the other
         stacked_input, stacked_grad = xp.concatenate(first_inputs), xp.concatenate(output_grads)
     else:
         stacked_input, stacked_grad = xp.stack(first_inputs), xp.stack(output_grads)
