@@ -894,7 +894,7 @@ def test_canary_the_ops_replayed_in_forward_order_are_caught(monkeypatch) -> Non
 
 
 def test_canary_a_dropped_deferred_weight_gemm_is_caught(monkeypatch) -> None:
-    monkeypatch.setattr(scan_module, "deferred_gradients", lambda tape, op_index, steps: [])
+    monkeypatch.setattr(scan_module, "deferred_gradients", lambda tape, op_index, steps, *rest: [])
     red(check_scan_equals_loop, scan_cases())
     red(check_layer_compiled_equals_eager, layer_cases())
 
@@ -902,8 +902,8 @@ def test_canary_a_dropped_deferred_weight_gemm_is_caught(monkeypatch) -> None:
 def test_canary_a_deferred_gemm_over_the_wrong_steps_is_caught(monkeypatch) -> None:
     original = scan_module.deferred_gradients
 
-    def first_step_only(tape, op_index, steps):
-        return original(tape, op_index, steps[:1])
+    def first_step_only(tape, op_index, steps, stack=None, first_input=None):
+        return original(tape, op_index, steps[:1], stack)  # first_input, a slice of xs for all steps, dropped
 
     monkeypatch.setattr(scan_module, "deferred_gradients", first_step_only)
     red(check_scan_equals_loop, long_enough(scan_cases()))

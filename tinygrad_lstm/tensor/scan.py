@@ -275,7 +275,8 @@ def forward_source(tape: Tape, keep: bool) -> str:
 
     It reads its inputs from ``values`` (a list indexed by slot), writes the tape's
     outputs back there, and with ``keep`` returns the Context of every op backward will
-    visit (in tape order), each holding what its op saved.
+    visit (in tape order), each holding what its op saved. Each op's Context is an
+    instance of its :func:`replay_context` class, made without calling ``__init__``.
     """
     lines = ["def forward(values, transposed):"]
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
@@ -290,14 +291,13 @@ def forward_source(tape: Tape, keep: bool) -> str:
         results = ", ".join(f"v{slot}" for slot in op.outputs) + (
             "," if op.multi_output and len(op.outputs) == 1 else ""
         )
-        lines.append(f"    c{index} = Context(function{index}, xp, device{index})")
+        lines.append(f"    c{index} = new(context{index})")
         lines.append(f"    {results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
             lines.extend(f"    v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
         if keep and op.records:
-            lines.append(f"    c{index}.needs_input_grad = needs{index}")
             kept.append(f"c{index}")
-    for slot in tape.output_slots:
+    for slot in dict.fromkeys(tape.output_slots):  # a slot that is both carry and y once
         lines.append(f"    values[{slot}] = v{slot}")
     lines.append(f"    return [{', '.join(kept)}]" if keep else "    return None")
     return "\n".join(lines)
@@ -355,7 +355,8 @@ def backward_source(tape: Tape) -> str:
                 continue
             lines.append(f"        a = r[{position}]")
             lines.append("        if a is not None:")
-            lines.append(f"            if a.shape != shape{slot} or a.dtype != dtype{slot}:")
+            # "is not": a dtype equal to the input's but another object only takes the way through fit
+            lines.append(f"            if a.shape != shape{slot} or a.dtype is not dtype{slot}:")
             lines.append(f"                a = fit(a, shape{slot}, dtype{slot}, {name!r})")
             lines.append(f"            g{slot} = a if g{slot} is None else g{slot} + a")
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
@@ -391,22 +392,34 @@ def build_replay(tape: Tape, kind: str) -> Callable:
     source = backward_source(tape) if kind == "backward" else forward_source(tape, keep=kind == "forward_keep")
     code = _code(source, kind)
     namespace: dict[str, Any] = {
-        "Context": Context, "xp": tape.xp, "zeros": tape.xp.zeros, "meta": tape.meta,
+        "new": object.__new__, "xp": tape.xp, "zeros": tape.xp.zeros, "meta": tape.meta,
         "fit": fit_gradient, "check_arity": check_arity,
     }  # fmt: skip
     for index, op in enumerate(tape.ops):
-        namespace[f"function{index}"] = op.function
+        namespace[f"context{index}"] = replay_context(op.function, tape.xp, op.device, op.step_needs)
         namespace[f"forward{index}"] = op.function.forward
         namespace[f"backward{index}"] = op.function.backward
-        namespace[f"device{index}"] = op.device
         namespace[f"kwargs{index}"] = op.kwargs
-        namespace[f"needs{index}"] = op.step_needs
         for i, constant in enumerate(op.constants):
             namespace[f"const{index}_{i}"] = constant
     for slot, (shape, dtype) in enumerate(tape.meta):
         namespace[f"shape{slot}"], namespace[f"dtype{slot}"] = shape, dtype
     exec(code, namespace)
     return namespace.pop(kind.split("_")[0])  # popped: the function must not hold itself (a reference cycle)
+
+
+@functools.lru_cache(maxsize=1024)
+def replay_context(function: type[Function], xp: Any, device: str, needs: tuple[bool, ...]) -> type[Context]:
+    """The Context class of one op in a replay: what every step's Context shares, as class attributes.
+
+    A replayed op gets a fresh Context per step (it holds that step's saved arrays),
+    made by ``object.__new__(cls)``: the op, array module, device and which inputs
+    want a gradient are read from the class, so nothing but the saved arrays is
+    written per step.
+    """
+    fields = {"function": function, "xp": xp, "device": device, "output_device": device}
+    fields.update(saved_tensors=(), needs_input_grad=needs, clock=0, __slots__=())
+    return type(f"{function.__name__}ReplayContext", (Context,), fields)
 
 
 class Accumulator:
@@ -459,22 +472,31 @@ def mark_deferred(tape: Tape) -> None:
             op.step_needs = tuple(need and i not in deferred for i, need in enumerate(op.needs))
 
 
-def deferred_gradients(tape: Tape, op_index: int, steps: list[tuple[Context, Any]]) -> list[tuple[int, Any]]:
+def deferred_gradients(
+    tape: Tape,
+    op_index: int,
+    steps: list[tuple[Context, Any]],
+    stack: Callable[[list[Any]], Any] | None = None,
+    first_input: Any = None,
+) -> list[tuple[int, Any]]:
     """Gradients of one op's deferred inputs over ``steps`` (pairs of its Context and output gradient).
 
     Calls the op's own VJP once, on the first input and the output gradient of every
     step stacked along a new leading axis (rows of one matrix for ``MatMul``).
+    ``stack`` joins a list of per-step arrays (default ``xp.stack``); ``first_input``,
+    when the caller has it, is the first inputs of these steps already stacked (a
+    slice of xs: then they are not copied).
     """
     op = tape.ops[op_index]
-    xp = tape.xp
-    first_inputs = [ctx.saved_tensors[0] for ctx, _ in steps]
-    output_grads = [grad for _, grad in steps]
+    stack = stack or tape.xp.stack
+    if first_input is None:
+        first_input = stack([ctx.saved_tensors[0] for ctx, _ in steps])
+    stacked_grad = stack([grad for _, grad in steps])
     if op.function is ops.MatMul:  # 2-D rows of every step, one below the other
-        stacked_input, stacked_grad = xp.concatenate(first_inputs), xp.concatenate(output_grads)
-    else:
-        stacked_input, stacked_grad = xp.stack(first_inputs), xp.stack(output_grads)
-    ctx = Context(op.function, xp, op.device)
-    ctx.saved_tensors = (stacked_input, *steps[0][0].saved_tensors[1:])
+        first_input = first_input.reshape(-1, first_input.shape[-1])
+        stacked_grad = stacked_grad.reshape(-1, stacked_grad.shape[-1])
+    ctx = Context(op.function, tape.xp, op.device)
+    ctx.saved_tensors = (first_input, *steps[0][0].saved_tensors[1:])
     ctx.needs_input_grad = tuple(i in op.deferred for i in range(len(op.slots)))
     input_grads = op.function.backward(ctx, stacked_grad)
     result = []
@@ -482,6 +504,61 @@ def deferred_gradients(tape: Tape, op_index: int, steps: list[tuple[Context, Any
         shape, dtype = tape.meta[op.slots[i]]
         result.append((op.slots[i], fit_gradient(input_grads[i], shape, dtype, op.function.__name__)))
     return result
+
+
+class DeferredSums:
+    """The deferred weight gradients of a loop's backward: collected per step, summed per block.
+
+    The reverse replay hands :meth:`collect` the output gradient of each op with
+    deferred inputs; every ``DEFER_BLOCK`` steps (and at the end) :meth:`flush` calls
+    :func:`deferred_gradients` once per op and adds the results into ``captured``. A
+    list of per-step arrays two ops share (Linear's bias gradient is its output
+    gradient, passed on unchanged) is stacked once, and x_t read straight from xs is
+    taken as a slice of xs instead of being stacked again.
+    """
+
+    def __init__(self, loop: Loop, xs: Sequence[Any], captured: Accumulator):
+        self.tape, self.captured = loop.tape, captured
+        self.x_rows = dict(zip(loop.x_in, xs))  # slot of x_t -> the xs array it is a row of
+        self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
+        self.pending: dict[int, list[tuple[int, Context, Any]]] = {}
+        self.t = 0  # the time index of the step being replayed
+        self.steps = 0  # steps replayed since the last flush: each op collects at most once per step
+
+    def start_step(self, t: int) -> None:
+        self.t = t
+        self.steps += 1
+
+    def collect(self, op_index: int, ctx: Context, grad: Any) -> None:
+        self.pending.setdefault(op_index, []).append((self.t, ctx, grad))
+
+    def full(self) -> bool:
+        return self.steps >= DEFER_BLOCK
+
+    def flush(self) -> None:
+        stacks: dict[tuple[int, ...], Any] = {}  # by the identities of the stacked arrays
+
+        def stack(arrays: list[Any]) -> Any:
+            key = tuple(id(array) for array in arrays)  # the arrays are alive: ids are not reused
+            if key not in stacks:
+                stacks[key] = self.tape.xp.stack(arrays)
+            return stacks[key]
+
+        for op_index, entries in self.pending.items():
+            entries.sort(key=lambda entry: entry[0])  # ascending time, as rows of xs
+            steps = [(ctx, grad) for _, ctx, grad in entries]
+            for slot, grad in deferred_gradients(self.tape, op_index, steps, stack, self._x_slice(op_index, entries)):
+                self.captured.add(self.position_of[slot], grad)
+        self.pending.clear()
+        self.steps = 0
+
+    def _x_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
+        """xs[first:last + 1] when the op's first input is x_t of consecutive steps, else None."""
+        rows = self.x_rows.get(self.tape.ops[op_index].slots[0])
+        first, last = entries[0][0], entries[-1][0]
+        if rows is None or last - first + 1 != len(entries):
+            return None
+        return rows[first : last + 1]
 
 
 # Steps whose deferred weight gradients are summed by one VJP call: bounds the memory of
@@ -624,11 +701,11 @@ class Scan(Function):
         release = not autograd.retaining_graph()
         backward_step = tape.replay("backward")
         x_pairs = [(buffer, slot) for buffer, slot in zip(xs_grads, loop.x_in) if buffer is not None]
-        seeds = list(zip(loop.carry_out, range(carry_count))) + [(slot, None) for slot in loop.y_out]
-        pending: dict[int, list] = {}
-
-        def collect(op_index: int, op_ctx: Context, grad: Any) -> None:
-            pending.setdefault(op_index, []).append((op_ctx, grad))
+        y_seeds = [(slot, grad) for slot, grad in zip(loop.y_out, ys_grads) if grad is not None]
+        slot_count = len(tape.meta)
+        inputs = ctx.inputs if loop.checkpoint is not None else ctx.saved_tensors
+        xs_inputs = inputs[carry_count : carry_count + x_count]
+        deferred = DeferredSums(loop, xs_inputs, captured)
 
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
@@ -640,13 +717,13 @@ class Scan(Function):
             offset = 0 if loop.checkpoint is None else start  # contexts[visit - offset] is visit's
             for visit in range(stop - 1, start - 1, -1):
                 t = order[visit]
-                slot_grads: list[Any] = [None] * len(tape.meta)
-                for (slot, part), y_grad in zip(seeds, (*carry_grads, *ys_grads)):
-                    grad = y_grad[t] if part is None else y_grad
-                    if grad is not None:
-                        current = slot_grads[slot]
-                        slot_grads[slot] = grad if current is None else current + grad
-                backward_step(contexts[visit - offset], slot_grads, collect)
+                slot_grads: list[Any] = [None] * slot_count
+                for slot, grad in zip(loop.carry_out, carry_grads):
+                    _seed(slot_grads, slot, grad)  # (a carry may return one value twice: seeds add up)
+                for slot, ys_grad in y_seeds:
+                    _seed(slot_grads, slot, ys_grad[t])
+                deferred.start_step(t)
+                backward_step(contexts[visit - offset], slot_grads, deferred.collect)
                 if release:
                     contexts[visit - offset] = None  # free this step's saved arrays now
                 carry_grads = [slot_grads[slot] for slot in loop.carry_in]
@@ -655,9 +732,9 @@ class Scan(Function):
                     buffer[t] = 0 if grad is None else grad
                 for index, slot in per_step_captured:
                     captured.add(index, slot_grads[slot])
-                if pending and len(next(iter(pending.values()))) >= DEFER_BLOCK:
-                    _flush_deferred(tape, pending, captured)
-            _flush_deferred(tape, pending, captured)
+                if deferred.full():
+                    deferred.flush()
+            deferred.flush()
         return (*carry_grads, *xs_grads, *captured.grads)
 
 
@@ -666,15 +743,6 @@ def _seed(slot_grads: list[Any], slot: int, grad: Any) -> None:
     if grad is not None:
         current = slot_grads[slot]
         slot_grads[slot] = grad if current is None else current + grad
-
-
-def _flush_deferred(tape: Tape, pending: dict[int, list], captured: Accumulator) -> None:
-    """Sum the deferred weight gradients collected so far (one VJP call per op) into ``captured``."""
-    position_of = {slot: index for index, slot in enumerate(tape.captured_slots)}
-    for op_index, steps in pending.items():
-        for slot, grad in deferred_gradients(tape, op_index, steps):
-            captured.add(position_of[slot], grad)
-    pending.clear()
 
 
 def _parts(value: Any, what: str, allow_none: bool = False) -> tuple[list[Tensor] | None, bool]:
