@@ -1296,3 +1296,95 @@ def test_the_second_order_battery_leaves_out_the_compiled_checks_and_says_why():
     assert {"Compare", "Detach", "Scan", "Compiled"} <= set().union(*(result.primitives for result in results))
     assert "Detach" not in battery.primitives_missed([], order=2)
     assert "Detach" in battery.primitives_missed([], order=1)
+
+
+# ==================================================== what the replay leaves out, and why
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
+def test_stack_steps_is_xp_stack(shape: tuple[int, ...]) -> None:
+    arrays = [np.random.default_rng(k).standard_normal(shape) for k in range(5)]
+    got = scan_module.stack_steps(np, arrays)
+    np.testing.assert_array_equal(got, np.stack(arrays))
+    assert got.shape == (5, *shape)
+
+
+def _scan_of(step, rng: np.random.Generator) -> tl.Tensor:
+    h0, xs = tensor(rng, 2, 4), tensor(rng, 3, 2, 4)
+    _, ys = tl.scan(step, h0, xs)
+    return ys
+
+
+def test_the_replay_checks_a_primitive_gradient_only_where_it_might_not_fit() -> None:
+    rng = np.random.default_rng(0)
+    bias = tensor(rng, 4)
+
+    def step(h, x):
+        h = (h * x + bias).tanh()  # the bias (4,) is broadcast over the batch: its gradient is not
+        return h, h
+
+    backward = scan_module.backward_source(_scan_of(step, rng).grad_fn.loop.tape)
+    assert backward.count("fit(") == 1  # the bias's: summed over the batch after Add's VJP
+    assert "check_arity" not in backward  # primitives return one gradient per input
+
+
+def test_the_replay_checks_every_gradient_of_a_users_function() -> None:
+    class Twice(tl.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g
+
+    def step(h, x):
+        h = Twice.apply(h * x).tanh()
+        return h, h
+
+    backward = scan_module.backward_source(_scan_of(step, np.random.default_rng(1)).grad_fn.loop.tape)
+    assert "check_arity(r, 1, 'Twice')" in backward
+    assert "fit(a, shape" in backward and "'Twice')" in backward.split("check_arity(r, 1, 'Twice')")[1]
+
+
+def test_the_deferred_weight_gradient_reads_h_from_ys_instead_of_stacking_it(monkeypatch) -> None:
+    """An RNN's Linear(h_{t-1}, W_hh): h_{t-1} is row t-1 of ys, so only g_t is stacked per block."""
+    calls = []
+    original = scan_module.stack_steps
+
+    def counted(xp, arrays):
+        calls.append(len(arrays))
+        return original(xp, arrays)
+
+    monkeypatch.setattr(scan_module, "stack_steps", counted)
+    rng = np.random.default_rng(2)
+    steps = 2 * scan_module.DEFER_BLOCK + 2
+    for reverse in (False, True):
+        calls.clear()
+        weight = tensor(rng, 4, 4)
+
+        def step(h, x, weight=weight):
+            h = (tl.linear(h, weight) + x).tanh()
+            return h, h
+
+        h0, xs = tensor(rng, 2, 4), tensor(rng, steps, 2, 4)
+        _, ys = tl.scan(step, h0, xs, reverse=reverse)
+        ys.sum().backward()
+        assert calls == [64, 64, 2]  # per block: the gradients g_t only
+        want = sum(g.T @ h for g, h in zip(*_rnn_gradients_by_hand(weight, h0, xs, reverse)))
+        np.testing.assert_allclose(weight.grad.numpy(), want, **TOLERANCE)
+
+
+def _rnn_gradients_by_hand(weight: tl.Tensor, h0: tl.Tensor, xs: tl.Tensor, reverse: bool):
+    """(g_t, h_{t-1}) of every step of h_t = tanh(h_{t-1} Wᵀ + x_t), for the loss Σ ys, in NumPy."""
+    w, x = weight.numpy(), xs.numpy()
+    order = range(len(x) - 1, -1, -1) if reverse else range(len(x))
+    h, inputs, outputs = h0.numpy(), {}, {}
+    for t in order:
+        inputs[t] = h
+        h = outputs[t] = np.tanh(h @ w.T + x[t])
+    grads, carry = {}, np.zeros_like(h)
+    for t in reversed(list(order)):
+        g = (1.0 + carry) * (1 - outputs[t] ** 2)
+        grads[t], carry = g, g @ w
+    return [grads[t] for t in order], [inputs[t] for t in order]

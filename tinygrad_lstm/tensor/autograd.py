@@ -109,13 +109,15 @@ def _check_not_freed(node: Context) -> None:
         )
 
 
-def _accumulate_into_node(node: Context, index: int, grad: Any) -> None:
+def _accumulate_into_node(node: Context, index: int, grad: Any, fresh: bool = False) -> None:
+    """Add ``grad`` to the gradient of ``node``'s output ``index``; ``fresh``: nothing else holds it."""
     if node.grads is None:  # the first gradient to reach this node
         count = len(node.output_meta)
         node.grads, node.owned = [None] * count, [False] * count
     current = node.grads[index]
     if current is None:
         node.grads[index] = grad
+        node.owned[index] = fresh
     elif node.owned[index]:
         current += grad  # a buffer this pass allocated: add in place
         node.grads[index] = current  # (a NumPy scalar, from 0-d math, is rebound instead)
@@ -159,10 +161,10 @@ def run_backward(
             else:
                 captured_outputs[(id(tensor._node), tensor._output_index)] = position
 
-    def deliver_to_leaf(leaf: Tensor, grad: Any) -> None:
+    def deliver_to_leaf(leaf: Tensor, grad: Any, fresh: bool = False) -> None:
         entry = leaf_grads.get(id(leaf))
         if entry is None:
-            leaf_grads[id(leaf)] = [leaf, grad, False]
+            leaf_grads[id(leaf)] = [leaf, grad, fresh]
         elif entry[2]:
             entry[1] += grad
         else:
@@ -254,6 +256,9 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                 )
         else:
             input_grads = (None,) * len(edges)
+        fresh = not create_graph and node.function.fresh_gradients
+        if fresh and len(input_grads) > 1 and input_grads[0] is input_grads[1]:
+            fresh = _same_destination(edges[0], edges[1])  # x * x: then the second adds in place
         for edge, grad in zip(edges, input_grads):
             if edge is None:
                 continue
@@ -263,7 +268,7 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                     shape, dtype = parent.output_meta[index]
                     if grad.shape != shape or grad.dtype != dtype:
                         grad = _fit_gradient(grad, shape, dtype, node)
-                    _accumulate_into_node(parent, index, grad)
+                    _accumulate_into_node(parent, index, grad, fresh)
                 remaining = consumers[parent] - 1
                 consumers[parent] = remaining
                 if remaining == 0:
@@ -272,11 +277,18 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                 data = edge.data
                 if grad.shape != data.shape or grad.dtype != data.dtype:
                     grad = _fit_gradient(grad, data.shape, data.dtype, node)
-                deliver_to_leaf(edge, grad)
+                deliver_to_leaf(edge, grad, fresh)
         if retain_graph:
             node.grads = node.owned = None
         else:
             node.release()
+
+
+def _same_destination(edge: Any, other: Any) -> bool:
+    """Whether two edges lead to the same place: one leaf, or one output of one node."""
+    if type(edge) is tuple and type(other) is tuple:
+        return edge[0] is other[0] and edge[1] == other[1]
+    return edge is other and edge is not None
 
 
 def _check_saved_arrays(node: Context) -> None:

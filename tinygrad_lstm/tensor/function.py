@@ -180,6 +180,11 @@ class Function:
       ``save_for_backward``, in order: ``forward``'s parameter names, ``"y"`` for the
       output (so the engine needs no look-up on the hot path). Left None (as users
       leave it), the engine finds out by identity when the node is recorded.
+    * ``fresh_gradients`` (default False): True promises that ``backward`` returns
+      arrays it has just made (or views of them) and hands each to one input only,
+      except that its first two inputs may share one (``x * x``). The engine then adds
+      later gradients into them in place, and gives a leaf one as its ``.grad``
+      without a copy.
     """
 
     differentiable_backward: bool = True
@@ -189,6 +194,7 @@ class Function:
         "backward), or compose it from built-in ops"
     )
     saves: tuple[str, ...] | None = None
+    fresh_gradients: bool = False
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:

@@ -56,6 +56,7 @@ class Sub(Function):
 class Mul(Function):
     """y = a · b;  VJP: (g · b, g · a)."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("a", "b")
 
     @staticmethod
@@ -76,6 +77,7 @@ class Mul(Function):
 class Div(Function):
     """y = a / b;  VJP: (g / b, -g · y / b)."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("b", "y")
 
     @staticmethod
@@ -96,6 +98,7 @@ class Div(Function):
 class Pow(Function):
     """y = a ** b;  VJP: (g · b · a ** (b - 1), g · y · log a)."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("a", "b", "y")
 
     @staticmethod
@@ -122,6 +125,7 @@ class Pow(Function):
 class Maximum(Function):
     """y = max(a, b);  VJP: g to the larger input, g/2 to each where a == b."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("a", "b")
 
     @staticmethod
@@ -139,6 +143,8 @@ class Maximum(Function):
 class Where(Function):
     """y = a where condition else b;  VJP: (g · condition, g · ¬condition, none for the condition)."""
 
+    fresh_gradients = True  # (see Function)
+
     @staticmethod
     def forward(ctx, a, b, condition):
         ctx.condition = condition
@@ -153,6 +159,7 @@ class Where(Function):
 class MatMul(Function):
     """y = a @ b;  VJP: (g @ bᵀ, aᵀ @ g), with 1-D operands treated as a row / a column."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("a", "b")
 
     @staticmethod
@@ -224,6 +231,8 @@ class Linear(Function):
 class Neg(Function):
     """y = -x;  VJP: -g."""
 
+    fresh_gradients = True  # (see Function)
+
     @staticmethod
     def forward(ctx, x):
         return -x
@@ -236,6 +245,7 @@ class Neg(Function):
 class Exp(Function):
     """y = exp(x);  VJP: g · y."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("y",)
 
     @staticmethod
@@ -253,6 +263,7 @@ class Exp(Function):
 class Log(Function):
     """y = log(x);  VJP: g / x."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("x",)
 
     @staticmethod
@@ -269,6 +280,7 @@ class Log(Function):
 class Tanh(Function):
     """y = tanh(x);  VJP: g · (1 - y²)."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("y",)
 
     @staticmethod
@@ -295,6 +307,7 @@ class Sigmoid(Function):
     -709.7 in float64) y stays the tiny positive 1 / (1 + exp(cap)).
     """
 
+    fresh_gradients = True  # (see Function)
     saves = ("y",)
     # Just below log(largest finite value), as NumPy scalars of each dtype (a Python float
     # as the bound of ``minimum`` costs a conversion per call).
@@ -330,6 +343,7 @@ class Sigmoid(Function):
 class Relu(Function):
     """y = max(x, 0);  VJP: g · [x > 0]."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("y",)
 
     @staticmethod
@@ -347,6 +361,7 @@ class Relu(Function):
 class Sqrt(Function):
     """y = √x;  VJP: g / (2y)."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("y",)
 
     @staticmethod
@@ -364,6 +379,7 @@ class Sqrt(Function):
 class Abs(Function):
     """y = |x|;  VJP: g · sign(x)."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("x",)
 
     @staticmethod
@@ -470,6 +486,7 @@ class Sum(Function):
 class Max(Function):
     """y = max_axis x;  VJP: g to the maximal entries, split evenly among ties."""
 
+    fresh_gradients = True  # (see Function)
     saves = ("x", "y")
 
     @staticmethod
@@ -616,6 +633,8 @@ class Stack(Function):
 class Split(Function):
     """ys = pieces of x along axis (views);  VJP: concatenate(gs, axis), one copy."""
 
+    fresh_gradients = True  # (see Function)
+
     @staticmethod
     def forward(ctx, x, sizes, axis=0):
         ctx.axis = axis
@@ -633,6 +652,8 @@ class Split(Function):
 
 class Unbind(Function):
     """ys = the slices of x along axis (views, axis removed);  VJP: stack(gs, axis)."""
+
+    fresh_gradients = True  # (see Function)
 
     @staticmethod
     def forward(ctx, x, axis=0):

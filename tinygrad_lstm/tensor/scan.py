@@ -291,7 +291,7 @@ def forward_source(tape: Tape, keep: bool) -> str:
         results = ", ".join(f"v{slot}" for slot in op.outputs) + (
             "," if op.multi_output and len(op.outputs) == 1 else ""
         )
-        lines.append(f"    c{index} = new(context{index})")
+        lines.append(f"    c{index} = new(context{index}); c{index}.saved_tensors = ()")
         lines.append(f"    {results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
             lines.extend(f"    v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
@@ -349,19 +349,38 @@ def backward_source(tape: Tape) -> str:
         count = len(op.slots)
         if count == 1:
             lines.append("        if type(r) is not tuple: r = (r,)")
-        lines.append(f"        if type(r) is not tuple or len(r) != {count}: r = check_arity(r, {count}, {name!r})")
+        primitive = op.function.__module__ == ops.__name__
+        if not primitive:  # (a primitive's VJP returns one gradient per input: ops.py is tested for it)
+            lines.append(f"        if type(r) is not tuple or len(r) != {count}: r = check_arity(r, {count}, {name!r})")
         for position, (slot, need) in enumerate(zip(op.slots, op.step_needs)):
             if not need:
                 continue
             lines.append(f"        a = r[{position}]")
             lines.append("        if a is not None:")
-            # "is not": a dtype equal to the input's but another object only takes the way through fit
-            lines.append(f"            if a.shape != shape{slot} or a.dtype is not dtype{slot}:")
-            lines.append(f"                a = fit(a, shape{slot}, dtype{slot}, {name!r})")
+            if not (primitive and gradient_matches_input(tape, op, position)):
+                # "is not": a dtype equal to the input's but another object only takes the way through fit
+                lines.append(f"            if a.shape != shape{slot} or a.dtype is not dtype{slot}:")
+                lines.append(f"                a = fit(a, shape{slot}, dtype{slot}, {name!r})")
             lines.append(f"            g{slot} = a if g{slot} is None else g{slot} + a")
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
         lines.append(f"    grads[{slot}] = g{slot}")
     return "\n".join(lines)
+
+
+def gradient_matches_input(tape: Tape, op: TapeOp, position: int) -> bool:
+    """Whether a primitive's VJP surely returns input ``position``'s gradient in the input's shape and dtype.
+
+    A primitive's VJP gives each input a gradient shaped like that input or, for an
+    elementwise op that broadcasts, like its output; its dtype is the one its arrays
+    share. So when the input looks exactly like the (single) output and the op mixes no
+    dtypes, the gradient fits the input as it is, at every step, and the replay can skip
+    checking it (the check and ``fit`` stay wherever a gradient might not fit).
+    """
+    if op.multi_output or op.slots[position] < 0:
+        return False
+    output = tape.meta[op.outputs[0]]
+    dtypes = {tape.meta[slot][1] for slot in op.slots if slot >= 0}
+    return tape.meta[op.slots[position]] == output and dtypes == {output[1]}
 
 
 def run_backward(tape: Tape, contexts: list[Context], grads: list[Any], on_deferred: Callable | None = None) -> None:
@@ -418,7 +437,7 @@ def replay_context(function: type[Function], xp: Any, device: str, needs: tuple[
     written per step.
     """
     fields = {"function": function, "xp": xp, "device": device, "output_device": device}
-    fields.update(saved_tensors=(), needs_input_grad=needs, clock=0, __slots__=())
+    fields.update(needs_input_grad=needs, clock=0, __slots__=())
     return type(f"{function.__name__}ReplayContext", (Context,), fields)
 
 
@@ -483,12 +502,12 @@ def deferred_gradients(
 
     Calls the op's own VJP once, on the first input and the output gradient of every
     step stacked along a new leading axis (rows of one matrix for ``MatMul``).
-    ``stack`` joins a list of per-step arrays (default ``xp.stack``); ``first_input``,
+    ``stack`` joins a list of per-step arrays (default :func:`stack_steps`); ``first_input``,
     when the caller has it, is the first inputs of these steps already stacked (a
     slice of xs: then they are not copied).
     """
     op = tape.ops[op_index]
-    stack = stack or tape.xp.stack
+    stack = stack or functools.partial(stack_steps, tape.xp)
     if first_input is None:
         first_input = stack([ctx.saved_tensors[0] for ctx, _ in steps])
     stacked_grad = stack([grad for _, grad in steps])
@@ -513,13 +532,21 @@ class DeferredSums:
     deferred inputs; every ``DEFER_BLOCK`` steps (and at the end) :meth:`flush` calls
     :func:`deferred_gradients` once per op and adds the results into ``captured``. A
     list of per-step arrays two ops share (Linear's bias gradient is its output
-    gradient, passed on unchanged) is stacked once, and x_t read straight from xs is
-    taken as a slice of xs instead of being stacked again.
+    gradient, passed on unchanged) is stacked once. An op input that is a row of an
+    array the loop already holds is taken as a slice of it instead of being stacked
+    again: x_t is row t of xs, and a carry the step also returns as y (an RNN's h) is,
+    from the second step on, the row of ys the step before wrote.
     """
 
-    def __init__(self, loop: Loop, xs: Sequence[Any], captured: Accumulator):
+    def __init__(self, loop: Loop, xs: Sequence[Any], ys: Sequence[Any], captured: Accumulator):
         self.tape, self.captured = loop.tape, captured
-        self.x_rows = dict(zip(loop.x_in, xs))  # slot of x_t -> the xs array it is a row of
+        # slot -> (array, shift): the slot's value at step t is array[t + shift]
+        self.rows: dict[int, tuple[Any, int]] = {slot: (array, 0) for slot, array in zip(loop.x_in, xs)}
+        if loop.checkpoint is None:  # (recomputed steps hold fresh carries, not rows of ys)
+            y_buffer = dict(zip(loop.y_out, ys))
+            for slot_in, slot_out in zip(loop.carry_in, loop.carry_out):
+                if slot_out in y_buffer:
+                    self.rows.setdefault(slot_in, (y_buffer[slot_out], 1 if loop.reverse else -1))
         self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
         self.pending: dict[int, list[tuple[int, Context, Any]]] = {}
         self.t = 0  # the time index of the step being replayed
@@ -541,24 +568,46 @@ class DeferredSums:
         def stack(arrays: list[Any]) -> Any:
             key = tuple(id(array) for array in arrays)  # the arrays are alive: ids are not reused
             if key not in stacks:
-                stacks[key] = self.tape.xp.stack(arrays)
+                stacks[key] = stack_steps(self.tape.xp, arrays)
             return stacks[key]
 
         for op_index, entries in self.pending.items():
             entries.sort(key=lambda entry: entry[0])  # ascending time, as rows of xs
             steps = [(ctx, grad) for _, ctx, grad in entries]
-            for slot, grad in deferred_gradients(self.tape, op_index, steps, stack, self._x_slice(op_index, entries)):
+            first_input = self._rows_slice(op_index, entries)
+            for slot, grad in deferred_gradients(self.tape, op_index, steps, stack, first_input):
                 self.captured.add(self.position_of[slot], grad)
         self.pending.clear()
         self.steps = 0
 
-    def _x_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
-        """xs[first:last + 1] when the op's first input is x_t of consecutive steps, else None."""
-        rows = self.x_rows.get(self.tape.ops[op_index].slots[0])
-        first, last = entries[0][0], entries[-1][0]
-        if rows is None or last - first + 1 != len(entries):
+    def _rows_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
+        """The op's first inputs over these steps, stacked, from an array the loop holds; else None.
+
+        That is ``array[first + shift : last + shift + 1]`` when the first input is a row
+        of ``array`` (see ``rows``) and the steps are consecutive. The loop's first step
+        read the initial carry, not a row of ys: it is joined on at its end of the slice.
+        """
+        rows = self.rows.get(self.tape.ops[op_index].slots[0])
+        if rows is None:
             return None
-        return rows[first : last + 1]
+        array, shift = rows
+        first, last = entries[0][0] + shift, entries[-1][0] + shift
+        if last - first + 1 != len(entries):
+            return None
+        if first == -1:  # forward: step 0 read the initial carry
+            initial = entries[0][1].saved_tensors[0]
+            return self.tape.xp.concatenate((initial[None], array[: last + 1]))
+        if last == len(array):  # reverse: step T - 1 read the initial carry
+            initial = entries[-1][1].saved_tensors[0]
+            return self.tape.xp.concatenate((array[first:], initial[None]))
+        return array[first : last + 1]
+
+
+def stack_steps(xp: Any, arrays: list[Any]) -> Any:
+    """``xp.stack(arrays)`` of equal-shaped arrays, as one concatenate (stack pays per array in Python)."""
+    if arrays[0].ndim == 0:
+        return xp.stack(arrays)
+    return xp.concatenate(arrays).reshape(len(arrays), *arrays[0].shape)
 
 
 # Steps whose deferred weight gradients are summed by one VJP call: bounds the memory of
@@ -705,7 +754,8 @@ class Scan(Function):
         slot_count = len(tape.meta)
         inputs = ctx.inputs if loop.checkpoint is not None else ctx.saved_tensors
         xs_inputs = inputs[carry_count : carry_count + x_count]
-        deferred = DeferredSums(loop, xs_inputs, captured)
+        ys = ctx.saved_tensors[len(ctx.saved_tensors) - len(loop.y_out) :]  # saved after the inputs
+        deferred = DeferredSums(loop, xs_inputs, ys, captured)
 
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
