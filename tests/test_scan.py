@@ -82,6 +82,15 @@ def values_and_gradients(run, leaves: list[tl.Tensor]) -> tuple[list[np.ndarray]
     return values, grads
 
 
+def written_out_loop(step, init: Any, xs: tl.Tensor) -> tuple[Any, tl.Tensor]:
+    """``tl.scan(step, init, xs)`` written out in Python: the final carry and the stacked ys."""
+    carry, ys = init, []
+    for t in range(xs.shape[0]):
+        carry, y = step(carry, xs[t])
+        ys.append(y)
+    return carry, tl.stack(ys)
+
+
 def assert_same(compiled: tuple, eager: tuple, names: list[str]) -> None:
     """Compiled and eager agree to 1e-12, values and every gradient (a missing one is a failure)."""
     compiled_values, compiled_grads = compiled
@@ -309,15 +318,8 @@ def test_a_captured_tensor_returned_by_the_step_gets_its_gradient(kind: str, che
     )
     leaves = [h0, xs, problem.weight, problem.bias, problem.square]
 
-    def written_out():
-        carry, ys = h0, []
-        for t in range(4):
-            carry, y = step(carry, xs[t])
-            ys.append(y)
-        return carry, tl.stack(ys)
-
     got = values_and_gradients(lambda: tl.scan(step, h0, xs, checkpoint=checkpoint), leaves)
-    want = values_and_gradients(written_out, leaves)
+    want = values_and_gradients(lambda: written_out_loop(step, h0, xs), leaves)
     assert_same(got, want, ["h0", "xs", "weight", "bias", "square"])
 
 
@@ -1388,3 +1390,46 @@ def _rnn_gradients_by_hand(weight: tl.Tensor, h0: tl.Tensor, xs: tl.Tensor, reve
         g = (1.0 + carry) * (1 - outputs[t] ** 2)
         grads[t], carry = g, g @ w
     return [grads[t] for t in order], [inputs[t] for t in order]
+
+
+def test_ops_on_parameters_alone_run_once_before_the_loop() -> None:
+    """``W * mask`` and ``b_ih + b_hh`` are the same at every step: hoisted out, values and gradients unchanged."""
+    rng = np.random.default_rng(3)
+    weight, mask, bias_a, bias_b = tensor(rng, 4, 4), tensor(rng, 4, 4), tensor(rng, 4), tensor(rng, 4)
+    h0, xs = tensor(rng, 2, 4), tensor(rng, 5, 2, 4)
+    leaves = [weight, mask, bias_a, bias_b, h0, xs]
+
+    def step(h, x):
+        masked = weight * mask
+        h = (tl.linear(h, masked, bias_a + bias_b) + x * masked.sum(axis=1, keepdims=True).T).tanh()
+        return h, h * 2.0
+
+    compiled = values_and_gradients(lambda: tl.scan(step, h0, xs), leaves)
+    eager = values_and_gradients(lambda: written_out_loop(step, h0, xs), leaves)
+    assert_same(compiled, eager, ["weight", "mask", "a", "b", "h0", "xs"])
+    ops_in_the_loop = [op.function.__name__ for op in tl.scan(step, h0, xs)[1].grad_fn.loop.tape.ops]
+    assert ops_in_the_loop == ["Linear", "Mul", "Add", "Tanh", "Mul"]  # no Mul/Add/Sum/Transpose of parameters
+
+
+def test_a_hoisted_op_inside_a_compiled_function_is_an_op_of_its_tape() -> None:
+    rng = np.random.default_rng(4)
+    weight, h0, xs = tensor(rng, 3, 3), tensor(rng, 2, 3), tensor(rng, 4, 2, 3)
+
+    def step(h, x):
+        h = ((h @ (weight * 0.5)) + x).tanh()
+        return h, h
+
+    def run(h0, xs):
+        return tl.scan(step, h0, xs)[1].sum()
+
+    program = tl.compile(run)
+    program(h0, xs).backward()
+    names = [op.function.__name__ for op in program.traces[next(iter(program.traces))].tape.ops]
+    assert names.index("Mul") < names.index("Scan")  # weight * 0.5: once per call, before the loop
+    want = tl.Tensor(weight.numpy(), requires_grad=True)
+    h, total = h0.detach(), 0.0
+    for t in range(4):
+        h = ((h @ (want * 0.5)) + xs.detach()[t]).tanh()
+        total = total + h.sum()
+    total.backward()
+    np.testing.assert_allclose(weight.grad.numpy(), want.grad.numpy(), **TOLERANCE)

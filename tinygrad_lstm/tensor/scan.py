@@ -15,6 +15,8 @@ each with its Python bookkeeping. ``scan`` records one node for the whole loop:
    each primitive it applies (which ``Function``, which inputs, its keyword
    configuration, which outputs) on a *tape*. Tensors ``fn`` reads without receiving
    them (a module's parameters, closed-over tensors) become implicit inputs of the tape.
+   Ops that read only those (``b_ih + b_hh``) are taken out of the step and applied
+   once, before the loop.
 2. **replay forward**: the tape runs T times on raw arrays, calling each op's own
    ``forward`` with a fresh ``Context`` per step, which keeps what the op's ``backward``
    will need (``checkpoint=k`` keeps only every k-th carry instead).
@@ -461,6 +463,40 @@ class Accumulator:
             self.owned[index] = True
 
 
+# ------------------------------------------------------------- loop-invariant ops
+
+
+def hoist_invariant_ops(tape: Tape) -> None:
+    """Apply once, before the loop, every op of the step that reads only loop-invariant values.
+
+    An op whose Tensor inputs are all implicit inputs of the step (parameters: the same
+    at every step), or results of such ops, computes the same value at every step:
+    ``b_ih + b_hh`` in an LSTM step, ``W * mask`` in a user's cell. It is applied here
+    once, as an ordinary op of the graph outside the loop (or of the tape of a compiled
+    function that runs this scan), and its results become implicit inputs of the step.
+    Backward then sums the loop's gradients for those results over the steps and runs
+    the op's VJP once: the same as summing the VJP over the steps, as a VJP is linear in
+    its output gradient. An implicit input that only hoisted ops read leaves the step.
+    """
+    invariant = dict(zip(tape.captured_slots, tape.captured))  # slot -> the Tensor that holds it
+    kept = []
+    for op in tape.ops:
+        inputs = [slot for slot in op.slots if slot >= 0]
+        if not inputs or any(slot not in invariant for slot in inputs):
+            kept.append(op)
+            continue
+        args = [invariant[slot] if slot >= 0 else constant for slot, constant in zip(op.slots, op.constants)]
+        results = op.function.apply(*args, **op.kwargs)
+        for slot, result in zip(op.outputs, results if op.multi_output else (results,)):
+            invariant[slot] = result
+    if len(kept) == len(tape.ops):
+        return
+    read = {slot for op in kept for slot in op.slots} | set(tape.output_slots)
+    tape.ops = kept
+    tape.captured_slots = [slot for slot in invariant if slot in read]
+    tape.captured = [invariant[slot] for slot in tape.captured_slots]
+
+
 # ------------------------------------------------------ deferred weight gradients
 
 
@@ -863,6 +899,7 @@ def scan(
     y_parts, y_is_tuple = _parts(y, "y (fn's second result)", allow_none=True)
     y_out = [tracer.slot(part) for part in y_parts or ()]
     tape = tracer.tape([tracer.slot(stand_in) for stand_in in stand_ins], carry_out + y_out)
+    hoist_invariant_ops(tape)
     mark_deferred(tape)
     inputs = [*init_parts, *(x_parts or ()), *tape.captured]
     keep = is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
