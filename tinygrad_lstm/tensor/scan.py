@@ -540,7 +540,7 @@ def deferred_gradients(
     step stacked along a new leading axis (rows of one matrix for ``MatMul``).
     ``stack`` joins a list of per-step arrays (default :func:`stack_steps`); ``first_input``,
     when the caller has it, is the first inputs of these steps already stacked (a
-    slice of xs: then they are not copied).
+    slice of xs or ys: then they are not stacked again).
     """
     op = tape.ops[op_index]
     stack = stack or functools.partial(stack_steps, tape.xp)
@@ -570,8 +570,8 @@ class DeferredSums:
     list of per-step arrays two ops share (Linear's bias gradient is its output
     gradient, passed on unchanged) is stacked once. An op input that is a row of an
     array the loop already holds is taken as a slice of it instead of being stacked
-    again: x_t is row t of xs, and a carry the step also returns as y (an RNN's h) is,
-    from the second step on, the row of ys the step before wrote.
+    again: x_t is row t of xs, and a carry the step also returns as y (an RNN's h) is
+    the row of ys the step before wrote (the initial carry, at the first step).
     """
 
     def __init__(self, loop: Loop, xs: Sequence[Any], ys: Sequence[Any], captured: Accumulator):
