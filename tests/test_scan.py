@@ -13,10 +13,10 @@ recompute from a wrong carry) and check that these very properties go red.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import itertools
 import math
+import re
 import tracemalloc
 import types
 from dataclasses import dataclass
@@ -743,8 +743,9 @@ def test_gradcheck_passes_through_compile() -> None:
 #
 # The reverse replay is gradient code: which VJP sees which gradient, in which order,
 # from which saved arrays. Each canary plants one bug in it and runs the properties
-# above, which must go red. The bugs are planted at the replay's seams — the per-step
-# backward function a tape builds (``Tape.replay("backward")``), the tape a trace
+# above, which must go red. The bugs are planted at the replay's seams — the source of
+# the reverse replay a tape builds (``backward_loop_source``, ``backward_source``) and
+# the order it runs the VJPs in (``replay_order``), the tape a trace
 # writes (``trace``), the deferred weight gradients (``deferred_gradients``) and the
 # carries a checkpointed forward keeps (``ctx.checkpoints``) — not in eager mode, so
 # only a comparison against the eager loop (or gradcheck) can see them.
@@ -779,69 +780,45 @@ def long_enough(cases: st.SearchStrategy) -> st.SearchStrategy:
     return cases.filter(lambda case: (case.steps if isinstance(case, ScanCase) else case.config.seq_len) >= 3)
 
 
-def replace_backward_replay(monkeypatch, make) -> None:
-    """Every tape's per-step reverse replay becomes ``make(tape, built)`` (``built``: the real one)."""
-    original = scan_module.Tape.replay
+def edit_backward_replays(monkeypatch, edit) -> list[str]:
+    """Every reverse replay a tape builds is generated from ``edit(source)``: a scan's loop over
+    its steps and a compiled function's step. The bug is planted in the very code that runs.
+    Returns the list of sources edited (in the order they were built)."""
+    edited = []
 
-    def replay(self, kind):
-        function = original(self, kind)
-        return make(self, function) if kind == "backward" else function
+    def edited_version(original):
+        def generate(*args):
+            source = edit(original(*args))
+            edited.append(source)
+            return source
 
-    monkeypatch.setattr(scan_module.Tape, "replay", replay)
+        return generate
 
-
-def interpret_backward(tape, contexts, grads, on_deferred=None, forward_order=False, swap=None) -> None:
-    """The reverse replay of one step as a plain loop over the tape: each recording op's
-    VJP, last op first, its input gradients fitted to the inputs and summed into their
-    slots. ``forward_order`` and ``swap`` (two op positions whose Contexts trade places)
-    plant bugs; without them this equals the replay the tape builds."""
-    recording = [(index, op) for index, op in enumerate(tape.ops) if op.records]
-    contexts = list(contexts)
-    if swap is not None:
-        first, second = swap
-        contexts[first], contexts[second] = contexts[second], contexts[first]
-    pairs = list(zip(recording, contexts))
-    for (index, op), ctx in pairs if forward_order else reversed(pairs):
-        output_grads = [grads[slot] for slot in op.outputs]
-        if all(grad is None for grad in output_grads):
-            continue
-        output_grads = [
-            tape.xp.zeros(*tape.meta[slot]) if grad is None else grad for slot, grad in zip(op.outputs, output_grads)
-        ]
-        if op.deferred and on_deferred is not None:
-            on_deferred(index, ctx, output_grads[0])
-        input_grads = op.function.backward(ctx, *output_grads)
-        if type(input_grads) is not tuple:
-            input_grads = (input_grads,)
-        for slot, need, grad in zip(op.slots, op.step_needs, input_grads):
-            if need and grad is not None:
-                grad = scan_module.fit_gradient(grad, *tape.meta[slot], op.function.__name__)
-                grads[slot] = grad if grads[slot] is None else grads[slot] + grad
+    for name in ("backward_loop_source", "backward_source"):
+        monkeypatch.setattr(scan_module, name, edited_version(getattr(scan_module, name)))
+    return edited
 
 
-def test_the_plain_interpreter_reproduces_the_built_replay(monkeypatch) -> None:
-    """The control for the canaries below that replay through the interpreter."""
-    replace_backward_replay(monkeypatch, lambda tape, built: functools.partial(interpret_backward, tape))
+def test_edited_replays_are_the_replays_that_run(monkeypatch) -> None:
+    """The control for the canaries below: an edit that changes nothing keeps every property
+    green, and the edits reach both the loops of scans and the steps of compiled functions."""
+    edited = edit_backward_replays(monkeypatch, lambda source: source)
     green(check_scan_equals_loop, scan_cases())
     green(check_layer_compiled_equals_eager, layer_cases())
     test_compile_of_a_module_equals_the_module_and_reads_parameters_afresh()
+    assert any("for visit in visits:" in source for source in edited)
+    assert any(source.startswith("def backward(contexts, grads, on_deferred):") for source in edited)
 
 
 def test_canary_a_skipped_backward_step_is_caught(monkeypatch) -> None:
-    calls = []
+    def skip_every_third_step(source: str) -> str:
+        loop_header = "    for visit in visits:\n"
+        return source.replace(loop_header, loop_header + "        if visit % 3 == 1: continue  # planted\n")
 
-    def skipping(tape, built):
-        def backward(contexts, grads, on_deferred=None):
-            calls.append(1)
-            if len(calls) % 3 == 2:
-                return  # this step's VJPs never run: its gradients vanish
-            built(contexts, grads, on_deferred)
-
-        return backward
-
-    replace_backward_replay(monkeypatch, skipping)
+    edited = edit_backward_replays(monkeypatch, skip_every_third_step)
     red(check_scan_equals_loop, long_enough(scan_cases()))
     red(check_layer_compiled_equals_eager, long_enough(layer_cases()))
+    assert any("# planted" in source for source in edited)
 
 
 class SigmoidWithTanhsVJP(ops.Sigmoid):
@@ -865,17 +842,32 @@ def test_canary_a_tape_with_tanhs_vjp_for_sigmoid_is_caught(monkeypatch) -> None
     red(check_layer_compiled_equals_eager, layer_cases().filter(lambda case: case.kind != "RNN"))
 
 
+def swap_first_two_sigmoid_contexts(source: str) -> str:
+    """A loop's replay in which the first two Sigmoid VJPs each run on the other's Context."""
+    sigmoids = re.findall(r"# Sigmoid\n\s+r = backward\d+\((c\d+),", source)
+    if len(sigmoids) < 2:
+        return source
+    first, second = sigmoids[-1], sigmoids[-2]  # (the replay runs them last op first)
+    names = {first: second, second: first}
+    lines = source.split("\n")
+    for k, line in enumerate(lines):
+        if line.endswith("= steps[visit - offset]"):
+            lines[k] = re.sub(r"\bc\d+\b", lambda match: names.get(match.group(0), match.group(0)), line)
+    return "\n".join(lines)
+
+
 def test_canary_two_ops_trading_their_saved_arrays_is_caught(monkeypatch) -> None:
     """The input and forget gates' Sigmoid VJPs each run on the other's saved output."""
+    swapped = []
 
-    def swapped(tape, built):
-        sigmoids = [k for k, op in enumerate(op for op in tape.ops if op.records) if op.function is ops.Sigmoid]
-        if len(sigmoids) < 2:
-            return built
-        return functools.partial(interpret_backward, tape, swap=(sigmoids[0], sigmoids[1]))
+    def swap(source: str) -> str:
+        edited = swap_first_two_sigmoid_contexts(source)
+        swapped.append(edited != source)
+        return edited
 
-    replace_backward_replay(monkeypatch, swapped)
+    edit_backward_replays(monkeypatch, swap)
     red(check_layer_compiled_equals_eager, layer_cases().filter(lambda case: case.kind != "RNN"))
+    assert any(swapped)
 
 
 def test_canary_a_wrong_primitive_vjp_is_caught_by_gradcheck_through_scan(monkeypatch) -> None:
@@ -886,9 +878,8 @@ def test_canary_a_wrong_primitive_vjp_is_caught_by_gradcheck_through_scan(monkey
 
 
 def test_canary_the_ops_replayed_in_forward_order_are_caught(monkeypatch) -> None:
-    replace_backward_replay(
-        monkeypatch, lambda tape, built: functools.partial(interpret_backward, tape, forward_order=True)
-    )
+    original = scan_module.replay_order
+    monkeypatch.setattr(scan_module, "replay_order", lambda tape: list(reversed(original(tape))))
     red(check_scan_equals_loop, scan_cases())
     red(check_layer_compiled_equals_eager, layer_cases())
     with pytest.raises(AssertionError):  # tl.compile replays the same way

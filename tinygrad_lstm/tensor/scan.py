@@ -283,7 +283,16 @@ def forward_source(tape: Tape, keep: bool) -> str:
     lines = ["def forward(values, transposed):"]
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
         lines.append(f"    v{slot} = values[{slot}]")
-    kept = []
+    lines.extend(forward_body(tape, "    "))
+    for slot in dict.fromkeys(tape.output_slots):  # a slot that is both carry and y once
+        lines.append(f"    values[{slot}] = v{slot}")
+    lines.append(f"    return [{', '.join(kept_contexts(tape))}]" if keep else "    return None")
+    return "\n".join(lines)
+
+
+def forward_body(tape: Tape, indent: str) -> list[str]:
+    """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order."""
+    lines = []
     for index, op in enumerate(tape.ops):
         arguments = [f"v{slot}" if slot >= 0 else f"const{index}_{i}" for i, slot in enumerate(op.slots)]
         if op.kwargs:
@@ -293,16 +302,16 @@ def forward_source(tape: Tape, keep: bool) -> str:
         results = ", ".join(f"v{slot}" for slot in op.outputs) + (
             "," if op.multi_output and len(op.outputs) == 1 else ""
         )
-        lines.append(f"    c{index} = new(context{index}); c{index}.saved_tensors = ()")
-        lines.append(f"    {results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
+        lines.append(f"{indent}c{index} = new(context{index}); c{index}.saved_tensors = ()")
+        lines.append(f"{indent}{results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
-            lines.extend(f"    v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
-        if keep and op.records:
-            kept.append(f"c{index}")
-    for slot in dict.fromkeys(tape.output_slots):  # a slot that is both carry and y once
-        lines.append(f"    values[{slot}] = v{slot}")
-    lines.append(f"    return [{', '.join(kept)}]" if keep else "    return None")
-    return "\n".join(lines)
+            lines.extend(f"{indent}v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
+    return lines
+
+
+def kept_contexts(tape: Tape) -> list[str]:
+    """The names of the Contexts a step keeps for backward: those of the ops that record, in tape order."""
+    return [f"c{index}" for index, op in enumerate(tape.ops) if op.records]
 
 
 def run_forward(
@@ -329,44 +338,67 @@ def backward_source(tape: Tape) -> str:
     ``on_deferred(op_index, ctx, grad)`` receives the output gradient of each op with
     deferred inputs (their gradient is summed over steps later).
     """
-    recording = [(index, op) for index, op in enumerate(tape.ops) if op.records]
     lines = ["def backward(contexts, grads, on_deferred):"]
-    if recording:
-        lines.append(f"    {', '.join(f'c{index}' for index, _ in recording)}, = contexts")
-    used = {slot for _, op in recording for slot in (*op.slots, *op.outputs) if slot >= 0}
+    kept = kept_contexts(tape)
+    if kept:
+        lines.append(f"    {', '.join(kept)}, = contexts")
     seeded = set(tape.output_slots)
-    for slot in sorted(used | seeded | set(tape.input_slots + tape.captured_slots)):
+    for slot in gradient_slots(tape):
         lines.append(f"    g{slot} = grads[{slot}]" if slot in seeded else f"    g{slot} = None")
-    for index, op in reversed(recording):
+    lines.extend(vjp_body(tape, "    ", "if on_deferred is not None: on_deferred({index}, c{index}, {given})"))
+    for slot in sorted(set(tape.input_slots + tape.captured_slots)):
+        lines.append(f"    grads[{slot}] = g{slot}")
+    return "\n".join(lines)
+
+
+def gradient_slots(tape: Tape) -> list[int]:
+    """The slots a reverse replay holds a gradient variable ``gN`` for (each starts a step as None or a seed)."""
+    used = {slot for op in tape.ops if op.records for slot in (*op.slots, *op.outputs) if slot >= 0}
+    return sorted(used | set(tape.output_slots) | set(tape.input_slots + tape.captured_slots))
+
+
+def replay_order(tape: Tape) -> list[tuple[int, TapeOp]]:
+    """The ops whose VJPs a reverse replay runs, in the order it runs them: last recorded op first."""
+    return [(index, op) for index, op in reversed(list(enumerate(tape.ops))) if op.records]
+
+
+def vjp_body(tape: Tape, indent: str, on_deferred: str) -> list[str]:
+    """The VJP of every recording op in :func:`replay_order`, each input's gradient summed into its ``gN``.
+
+    ``on_deferred`` is the line (a format string of ``index`` and ``given``) that hands
+    an op with deferred inputs its output gradient.
+    """
+    lines = []
+    for index, op in replay_order(tape):
         name = op.function.__name__
         if op.multi_output:
             condition = " or ".join(f"g{slot} is not None" for slot in op.outputs)
             given = ", ".join(f"g{slot} if g{slot} is not None else zeros(*meta[{slot}])" for slot in op.outputs)
         else:
             condition, given = f"g{op.outputs[0]} is not None", f"g{op.outputs[0]}"
-        lines.append(f"    if {condition}:  # {name}")
+        lines.append(f"{indent}if {condition}:  # {name}")
         if op.deferred:
-            lines.append(f"        if on_deferred is not None: on_deferred({index}, c{index}, {given})")
-        lines.append(f"        r = backward{index}(c{index}, {given})")
+            lines.append(f"{indent}    " + on_deferred.format(index=index, given=given))
+        lines.append(f"{indent}    r = backward{index}(c{index}, {given})")
         count = len(op.slots)
         if count == 1:
-            lines.append("        if type(r) is not tuple: r = (r,)")
+            lines.append(f"{indent}    if type(r) is not tuple: r = (r,)")
         primitive = op.function.__module__ == ops.__name__
         if not primitive:  # (a primitive's VJP returns one gradient per input: ops.py is tested for it)
-            lines.append(f"        if type(r) is not tuple or len(r) != {count}: r = check_arity(r, {count}, {name!r})")
+            lines.append(
+                f"{indent}    if type(r) is not tuple or len(r) != {count}: r = check_arity(r, {count}, {name!r})"
+            )
         for position, (slot, need) in enumerate(zip(op.slots, op.step_needs)):
             if not need:
                 continue
-            lines.append(f"        a = r[{position}]")
-            lines.append("        if a is not None:")
+            lines.append(f"{indent}    a = r[{position}]")
+            lines.append(f"{indent}    if a is not None:")
             if not (primitive and gradient_matches_input(tape, op, position)):
                 # "is not": a dtype equal to the input's but another object only takes the way through fit
-                lines.append(f"            if a.shape != shape{slot} or a.dtype is not dtype{slot}:")
-                lines.append(f"                a = fit(a, shape{slot}, dtype{slot}, {name!r})")
-            lines.append(f"            g{slot} = a if g{slot} is None else g{slot} + a")
-    for slot in sorted(set(tape.input_slots + tape.captured_slots)):
-        lines.append(f"    grads[{slot}] = g{slot}")
-    return "\n".join(lines)
+                lines.append(f"{indent}        if a.shape != shape{slot} or a.dtype is not dtype{slot}:")
+                lines.append(f"{indent}            a = fit(a, shape{slot}, dtype{slot}, {name!r})")
+            lines.append(f"{indent}        g{slot} = a if g{slot} is None else g{slot} + a")
+    return lines
 
 
 def gradient_matches_input(tape: Tape, op: TapeOp, position: int) -> bool:
@@ -411,6 +443,11 @@ def _code(source: str, kind: str) -> Any:
 def build_replay(tape: Tape, kind: str) -> Callable:
     """The replay function of ``kind`` ("forward", "forward_keep", "backward") for this tape."""
     source = backward_source(tape) if kind == "backward" else forward_source(tape, keep=kind == "forward_keep")
+    return compile_replay(tape, source, kind)
+
+
+def compile_replay(tape: Tape, source: str, kind: str) -> Callable:
+    """The function ``source`` defines (named as ``kind`` up to its first "_"), run among the tape's ops."""
     code = _code(source, kind)
     namespace: dict[str, Any] = {
         "new": object.__new__, "xp": tape.xp, "zeros": tape.xp.zeros, "meta": tape.meta,
@@ -585,18 +622,10 @@ class DeferredSums:
                     self.rows.setdefault(slot_in, (y_buffer[slot_out], 1 if loop.reverse else -1))
         self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
         self.pending: dict[int, list[tuple[int, Context, Any]]] = {}
-        self.t = 0  # the time index of the step being replayed
-        self.steps = 0  # steps replayed since the last flush: each op collects at most once per step
 
-    def start_step(self, t: int) -> None:
-        self.t = t
-        self.steps += 1
-
-    def collect(self, op_index: int, ctx: Context, grad: Any) -> None:
-        self.pending.setdefault(op_index, []).append((self.t, ctx, grad))
-
-    def full(self) -> bool:
-        return self.steps >= DEFER_BLOCK
+    def collect(self, op_index: int, t: int, ctx: Context, grad: Any) -> None:
+        """Keep the output gradient of op ``op_index`` at step ``t`` (with its Context) for :meth:`flush`."""
+        self.pending.setdefault(op_index, []).append((t, ctx, grad))
 
     def flush(self) -> None:
         stacks: dict[tuple[int, ...], Any] = {}  # by the identities of the stacked arrays
@@ -614,7 +643,6 @@ class DeferredSums:
             for slot, grad in deferred_gradients(self.tape, op_index, steps, stack, first_input):
                 self.captured.add(self.position_of[slot], grad)
         self.pending.clear()
-        self.steps = 0
 
     def _rows_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
         """The op's first inputs over these steps, stacked, from an array the loop holds; else None.
@@ -667,6 +695,7 @@ class Loop:
     reverse: bool
     checkpoint: int | None
     keep: bool  # some input wants a gradient: keep what backward needs
+    replays: dict[str, Callable] = field(default_factory=dict)
 
     @property
     def order(self) -> range:
@@ -699,6 +728,17 @@ class Loop:
         reached.update(self.carry_out, self.y_out)
         return [(index, slot) for index, slot in enumerate(self.tape.captured_slots) if slot in reached]
 
+    def replay(self, kind: str) -> Callable:
+        """The generated loop "forward", "forward_keep" or "backward" over this loop's steps (made once)."""
+        function = self.replays.get(kind)
+        if function is None:
+            if kind == "backward":
+                source = backward_loop_source(self)
+            else:
+                source = forward_loop_source(self, keep=kind == "forward_keep")
+            function = self.replays[kind] = compile_replay(self.tape, source, kind + "_loop")
+        return function
+
     def run(
         self,
         values: list[Any],
@@ -707,38 +747,119 @@ class Loop:
         visits: range,
         keep: bool,
         ys: list[Any] | None = None,
-    ) -> tuple[list[Any], list[list[Context]], list[list[Any]]]:
+    ) -> tuple[list[Any], list[tuple[Context, ...]], list[list[Any]]]:
         """Replay the steps of ``visits`` from ``carry``: (final carry, each step's Contexts, each kept carry).
 
-        ``values`` holds the implicit inputs in their slots. Each step's y parts are
-        written into the ``ys`` buffers at their time index, and the step goes on with
-        the buffer's row in place of its own array (so a y that is also the carry, or
-        saved by the next step, is kept once, not twice). Contexts are kept when ``keep``;
-        with checkpointing, the carry at every k-th visit is kept instead.
+        ``values`` holds the implicit inputs in their slots; y parts are written into the
+        ``ys`` buffers (see :func:`forward_loop_source`). Contexts are kept when ``keep``;
+        with checkpointing, the carry at every k-th visit is kept instead: the steps run
+        one segment at a time, each from its kept carry.
         """
-        forward_step = self.tape.replay("forward_keep" if keep else "forward")
+        forward = self.replay("forward_keep" if keep else "forward")
         transposed = self.transposed_weights(values)
         order, checkpoint = self.order, self.checkpoint if self.keep else None
-        steps, checkpoints = [], []
-        x_pairs = list(zip(self.x_in, xs))
-        carry_in, carry_out = self.carry_in, self.carry_out
-        y_pairs = list(zip(ys, self.y_out)) if ys is not None else []
-        for visit in visits:
-            t = order[visit]
-            if checkpoint is not None and visit % checkpoint == 0:
+        steps: list[tuple[Context, ...]] = []
+        checkpoints = []
+        size = checkpoint or len(visits)
+        for start in range(visits.start, visits.stop, size):
+            if checkpoint is not None:
                 checkpoints.append(carry)
-            for slot, array in zip(carry_in, carry):
-                values[slot] = array
-            for slot, array in x_pairs:
-                values[slot] = array[t]
-            contexts = forward_step(values, transposed)
-            if keep:
-                steps.append(contexts)
-            for buffer, slot in y_pairs:
-                buffer[t] = values[slot]
-                values[slot] = buffer[t]
-            carry = [values[slot] for slot in carry_out]
+            times = order[start : min(start + size, visits.stop)]
+            carry = forward(values, carry, xs, ys, transposed, times, steps)
         return carry, steps, checkpoints
+
+
+# ------------------------------------------------------- replay: the loop over time
+#
+# A Scan replays its step T times. The loop over the steps is generated too, around the
+# step's lines: the carry passes from one step to the next in local variables, x_t is
+# read as a row of xs, y_t written into its row of ys, and the step's Contexts kept as a
+# tuple, with no call, list or slot lookup per step between the ops.
+
+
+def forward_loop_source(loop: Loop, keep: bool) -> str:
+    """The source of ``forward(values, carry, xs, ys, transposed, times, steps)``: the steps of ``times``.
+
+    ``values`` holds the implicit inputs in their slots, ``carry`` the carry before the
+    first step. Each step's y parts go into their rows of the ``ys`` buffers (unless
+    ``ys`` is None), and the step goes on with the buffer's row in place of its own
+    array, so a y that is also the carry, or saved by the next step, is kept once. With
+    ``keep``, each step's Contexts are appended to ``steps`` as a tuple. Returns the carry.
+    """
+    tape = loop.tape
+    lines = ["def forward(values, carry, xs, ys, transposed, times, steps):"]
+    lines.extend(f"    v{slot} = values[{slot}]" for slot in tape.captured_slots)
+    lines.append(f"    {_names('v', loop.carry_in)} = carry")
+    if loop.x_in:
+        lines.append(f"    {_names('xs', range(len(loop.x_in)))} = xs")
+    if loop.y_out:
+        lines.append(
+            f"    {_names('ys', range(len(loop.y_out)))} = ys if ys is not None else {(None,) * len(loop.y_out)}"
+        )
+    lines.append("    for t in times:")
+    lines.extend(f"        v{slot} = xs{k}[t]" for k, slot in enumerate(loop.x_in))
+    lines.extend(forward_body(tape, "        "))
+    if loop.y_out:
+        lines.append("        if ys is not None:")
+        for k, slot in enumerate(loop.y_out):
+            lines.append(f"            ys{k}[t] = v{slot}; v{slot} = ys{k}[t]")
+    if keep:
+        kept = kept_contexts(tape)
+        lines.append(f"        steps.append(({''.join(f'{name}, ' for name in kept)}))")
+    lines.append(f"        {_names('v', loop.carry_in)} = {_names('v', loop.carry_out)}")
+    lines.append(f"    return [{', '.join(f'v{slot}' for slot in loop.carry_in)}]")
+    return "\n".join(lines)
+
+
+def backward_loop_source(loop: Loop) -> str:
+    """The source of ``backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release)``.
+
+    For each visit of ``visits`` (in the order given: last step first), the VJPs of
+    step ``t = order[visit]`` run on its Contexts ``steps[visit - offset]``, seeded with
+    the carry's gradient from the step after it and ``ys_grads[k][t]``. Then x_t's
+    gradient is written at row t of its ``xs_grads`` buffer (zero where none reached
+    it), an implicit input's gradient from this step goes to ``add(position, grad)``,
+    and an op with deferred inputs hands ``collect(op_index, t, ctx, grad)`` its output
+    gradient. ``release`` drops each step's Contexts once used. Returns the carry's gradient.
+    """
+    tape = loop.tape
+    kept = kept_contexts(tape)
+    lines = ["def backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release):"]
+    lines.append(f"    {_names('k', range(len(loop.carry_in)))} = carry_grads")
+    if loop.y_out:
+        lines.append(f"    {_names('yg', range(len(loop.y_out)))} = ys_grads")
+    if loop.x_in:
+        lines.append(f"    {_names('xg', range(len(loop.x_in)))} = xs_grads")
+    lines.append("    for visit in visits:")
+    lines.append("        t = order[visit]")
+    if kept:
+        lines.append(f"        {', '.join(kept)}, = steps[visit - offset]")
+    lines.append("        if release: steps[visit - offset] = None  # free this step's saved arrays now")
+    first_seeds = dict.fromkeys(loop.carry_out)  # (a carry may return one value twice: the seeds add up)
+    lines.extend(f"        g{slot} = None" for slot in gradient_slots(tape) if slot not in first_seeds)
+    seeded = set()
+    for k, slot in enumerate(loop.carry_out):
+        if slot not in seeded:
+            lines.append(f"        g{slot} = k{k}")
+            seeded.add(slot)
+        else:
+            lines.append(f"        if k{k} is not None: g{slot} = k{k} if g{slot} is None else g{slot} + k{k}")
+    for k, slot in enumerate(loop.y_out):
+        lines.append(f"        if yg{k} is not None:")
+        lines.append(f"            a = yg{k}[t]; g{slot} = a if g{slot} is None else g{slot} + a")
+    lines.extend(vjp_body(tape, "        ", "collect({index}, t, c{index}, {given})"))
+    for k, slot in enumerate(loop.x_in):
+        lines.append(f"        if xg{k} is not None: xg{k}[t] = 0 if g{slot} is None else g{slot}")
+    for position, slot in loop.per_step_captured():
+        lines.append(f"        add({position}, g{slot})")
+    lines.append(f"        {_names('k', range(len(loop.carry_in)))} = {_names('g', loop.carry_in)}")
+    lines.append(f"    return [{', '.join(f'k{k}' for k in range(len(loop.carry_in)))}]")
+    return "\n".join(lines)
+
+
+def _names(prefix: str, numbers: Sequence[int]) -> str:
+    """``"p0, p3,"``: the targets (or values) of a tuple assignment, one per number."""
+    return "".join(f"{prefix}{number}, " for number in numbers).rstrip()
 
 
 class Scan(Function):
@@ -782,12 +903,8 @@ class Scan(Function):
             for slot, need in zip(loop.x_in, x_needs)
         ]  # every step writes its row: a zero row where no gradient reached x_t
         captured = Accumulator(len(tape.captured_slots))
-        per_step_captured = loop.per_step_captured()
         release = not autograd.retaining_graph()
-        backward_step = tape.replay("backward")
-        x_pairs = [(buffer, slot) for buffer, slot in zip(xs_grads, loop.x_in) if buffer is not None]
-        y_seeds = [(slot, grad) for slot, grad in zip(loop.y_out, ys_grads) if grad is not None]
-        slot_count = len(tape.meta)
+        backward = loop.replay("backward")
         inputs = ctx.inputs if loop.checkpoint is not None else ctx.saved_tensors
         xs_inputs = inputs[carry_count : carry_count + x_count]
         ys = ctx.saved_tensors[len(ctx.saved_tensors) - len(loop.y_out) :]  # saved after the inputs
@@ -801,26 +918,13 @@ class Scan(Function):
                 xs = ctx.inputs[carry_count : carry_count + x_count]
                 _, contexts, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
             offset = 0 if loop.checkpoint is None else start  # contexts[visit - offset] is visit's
-            for visit in range(stop - 1, start - 1, -1):
-                t = order[visit]
-                slot_grads: list[Any] = [None] * slot_count
-                for slot, grad in zip(loop.carry_out, carry_grads):
-                    _seed(slot_grads, slot, grad)  # (a carry may return one value twice: seeds add up)
-                for slot, ys_grad in y_seeds:
-                    _seed(slot_grads, slot, ys_grad[t])
-                deferred.start_step(t)
-                backward_step(contexts[visit - offset], slot_grads, deferred.collect)
-                if release:
-                    contexts[visit - offset] = None  # free this step's saved arrays now
-                carry_grads = [slot_grads[slot] for slot in loop.carry_in]
-                for buffer, slot in x_pairs:
-                    grad = slot_grads[slot]
-                    buffer[t] = 0 if grad is None else grad
-                for index, slot in per_step_captured:
-                    captured.add(index, slot_grads[slot])
-                if deferred.full():
-                    deferred.flush()
-            deferred.flush()
+            for block_stop in range(stop, start, -DEFER_BLOCK):  # the deferred sums are flushed per block
+                visits = range(block_stop - 1, max(block_stop - DEFER_BLOCK, start) - 1, -1)
+                carry_grads = backward(
+                    contexts, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred.collect,
+                    captured.add, release,
+                )  # fmt: skip
+                deferred.flush()
         return (*carry_grads, *xs_grads, *captured.grads)
 
 
