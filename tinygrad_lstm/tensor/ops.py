@@ -20,6 +20,8 @@ only arithmetic, methods Tensors share with arrays, and ``ctx.xp`` functions; ma
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import backend
@@ -638,12 +640,7 @@ class Split(Function):
     @staticmethod
     def forward(ctx, x, sizes, axis=0):
         ctx.axis = axis
-        lead = (slice(None),) * axis
-        pieces, start = [], 0
-        for size in sizes:
-            pieces.append(x[(*lead, slice(start, start + size))])
-            start += size
-        return tuple(pieces)
+        return tuple([x[index] for index in _split_indices(tuple(sizes), axis)])
 
     @staticmethod
     def backward(ctx, *grads):
@@ -664,6 +661,13 @@ class Unbind(Function):
     @staticmethod
     def backward(ctx, *grads):
         return ctx.xp.stack(grads, axis=ctx.axis)
+
+
+@functools.lru_cache(maxsize=256)
+def _split_indices(sizes, axis):
+    """The index of each piece of a split along ``axis`` (``x[index]`` is a view), made once per split."""
+    lead = (slice(None),) * axis
+    return tuple((*lead, slice(start, stop)) for start, stop in _offsets(sizes))
 
 
 def _offsets(sizes):

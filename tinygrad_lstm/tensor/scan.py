@@ -631,13 +631,14 @@ class DeferredSums:
         stacks: dict[tuple[int, ...], Any] = {}  # by the identities of the stacked arrays
 
         def stack(arrays: list[Any]) -> Any:
-            key = tuple(id(array) for array in arrays)  # the arrays are alive: ids are not reused
+            key = tuple(map(id, arrays))  # the arrays are alive: ids are not reused
             if key not in stacks:
                 stacks[key] = stack_steps(self.tape.xp, arrays)
             return stacks[key]
 
         for op_index, entries in self.pending.items():
-            entries.sort(key=lambda entry: entry[0])  # ascending time, as rows of xs
+            if entries[0][0] > entries[-1][0]:  # collected in visiting order, backward: ascending time, as rows of xs
+                entries.reverse()
             steps = [(ctx, grad) for _, ctx, grad in entries]
             first_input = self._rows_slice(op_index, entries)
             for slot, grad in deferred_gradients(self.tape, op_index, steps, stack, first_input):
