@@ -607,19 +607,15 @@ class DeferredSums:
     list of per-step arrays two ops share (Linear's bias gradient is its output
     gradient, passed on unchanged) is stacked once. An op input that is a row of an
     array the loop already holds is taken as a slice of it instead of being stacked
-    again: x_t is row t of xs, and a carry the step also returns as y (an RNN's h) is
-    the row of ys the step before wrote (the initial carry, at the first step).
+    again: x_t is row t of xs, and a carry the step also returns as y (an RNN's h) is a
+    row of that y's buffer (``carry_rows``, see :meth:`Loop.y_buffers`).
     """
 
-    def __init__(self, loop: Loop, xs: Sequence[Any], ys: Sequence[Any], captured: Accumulator):
+    def __init__(self, loop: Loop, xs: Sequence[Any], carry_rows: dict[int, tuple[Any, int]], captured: Accumulator):
         self.tape, self.captured = loop.tape, captured
         # slot -> (array, shift): the slot's value at step t is array[t + shift]
         self.rows: dict[int, tuple[Any, int]] = {slot: (array, 0) for slot, array in zip(loop.x_in, xs)}
-        if loop.checkpoint is None:  # (recomputed steps hold fresh carries, not rows of ys)
-            y_buffer = dict(zip(loop.y_out, ys))
-            for slot_in, slot_out in zip(loop.carry_in, loop.carry_out):
-                if slot_out in y_buffer:
-                    self.rows.setdefault(slot_in, (y_buffer[slot_out], 1 if loop.reverse else -1))
+        self.rows.update(carry_rows)
         self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
         self.pending: dict[int, list[tuple[int, Context, Any]]] = {}
 
@@ -649,8 +645,7 @@ class DeferredSums:
         """The op's first inputs over these steps, stacked, from an array the loop holds; else None.
 
         That is ``array[first + shift : last + shift + 1]`` when the first input is a row
-        of ``array`` (see ``rows``) and the steps are consecutive. The loop's first step
-        read the initial carry, not a row of ys: it is joined on at its end of the slice.
+        of ``array`` (see ``rows``) and the steps are consecutive.
         """
         rows = self.rows.get(self.tape.ops[op_index].slots[0])
         if rows is None:
@@ -659,12 +654,6 @@ class DeferredSums:
         first, last = entries[0][0] + shift, entries[-1][0] + shift
         if last - first + 1 != len(entries):
             return None
-        if first == -1:  # forward: step 0 read the initial carry
-            initial = entries[0][1].saved_tensors[0]
-            return self.tape.xp.concatenate((initial[None], array[: last + 1]))
-        if last == len(array):  # reverse: step T - 1 read the initial carry
-            initial = entries[-1][1].saved_tensors[0]
-            return self.tape.xp.concatenate((array[first:], initial[None]))
         return array[first : last + 1]
 
 
@@ -719,6 +708,39 @@ class Loop:
         """Contiguous transposes of the loop-invariant Linear weights, made once per loop."""
         slots = {op.invariant_weight for op in self.tape.ops if op.invariant_weight >= 0}
         return {slot: self.tape.xp.ascontiguousarray(values[slot].T) for slot in slots}
+
+    def y_buffers(self, init: Sequence[Any], with_initial: bool) -> tuple[list[Any], dict[int, tuple[Any, int]]]:
+        """The ys buffers the steps write, and the carry parts whose every value is a row of one of them.
+
+        A carry the step also returns as y (an RNN's h) is h_{t-1} at step t: ys[t-1],
+        or the initial carry at the first step. ``with_initial`` gives such a y a buffer
+        one row longer, the initial carry in its extra row (first, or last for
+        ``reverse``), so that the values of that carry over any run of steps are one
+        slice: ``carry_rows[slot] = (buffer, shift)``, the value at step t being
+        ``buffer[t + shift]``. ys itself is the buffer less that row.
+        """
+        meta, xp, steps = self.tape.meta, self.tape.xp, self.length
+        carried = {
+            slot_out: (slot_in, part) for part, (slot_in, slot_out) in enumerate(zip(self.carry_in, self.carry_out))
+        }
+        ys: list[Any] = []
+        carry_rows: dict[int, tuple[Any, int]] = {}
+        for slot in self.y_out:
+            shape, dtype = meta[slot]
+            if not with_initial or slot not in carried or carried[slot][0] in carry_rows:
+                ys.append(xp.empty((steps, *shape), dtype=dtype))
+                continue
+            slot_in, part = carried[slot]
+            buffer = xp.empty((steps + 1, *shape), dtype=dtype)
+            if self.reverse:
+                buffer[steps] = init[part]
+                ys.append(buffer[:steps])
+                carry_rows[slot_in] = (buffer, 1)
+            else:
+                buffer[0] = init[part]
+                ys.append(buffer[1:])
+                carry_rows[slot_in] = (buffer, 0)
+        return ys, carry_rows
 
     def per_step_captured(self) -> list[tuple[int, int]]:
         """(position, slot) of each implicit input that gets a gradient from every step (not deferred).
@@ -878,12 +900,11 @@ class Scan(Function):
         carry_count, x_count = len(loop.carry_in), len(loop.x_in)
         xs = arrays[carry_count : carry_count + x_count]
         values = loop.fresh_values(arrays[carry_count + x_count :])
-        meta, xp = loop.tape.meta, loop.tape.xp
-        ys = [xp.empty((loop.length, *meta[slot][0]), dtype=meta[slot][1]) for slot in loop.y_out]
         keep_steps = loop.keep and loop.checkpoint is None
+        ys, carry_rows = loop.y_buffers(arrays[:carry_count], with_initial=keep_steps)
         carry, steps, checkpoints = loop.run(values, list(arrays[:carry_count]), xs, range(loop.length), keep_steps, ys)
         if loop.keep:
-            ctx.loop, ctx.steps, ctx.checkpoints = loop, steps, checkpoints
+            ctx.loop, ctx.steps, ctx.checkpoints, ctx.carry_rows = loop, steps, checkpoints, carry_rows
             if loop.checkpoint is not None:
                 ctx.inputs = arrays  # recomputation replays from them
             # The steps' Contexts hold these arrays (or views of them): declared, so that
@@ -908,8 +929,7 @@ class Scan(Function):
         backward = loop.replay("backward")
         inputs = ctx.inputs if loop.checkpoint is not None else ctx.saved_tensors
         xs_inputs = inputs[carry_count : carry_count + x_count]
-        ys = ctx.saved_tensors[len(ctx.saved_tensors) - len(loop.y_out) :]  # saved after the inputs
-        deferred = DeferredSums(loop, xs_inputs, ys, captured)
+        deferred = DeferredSums(loop, xs_inputs, ctx.carry_rows, captured)
 
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
