@@ -17,6 +17,7 @@ import importlib
 import itertools
 import math
 import re
+import threading
 import tracemalloc
 import types
 from dataclasses import dataclass
@@ -998,7 +999,8 @@ def test_reading_a_value_into_python_while_tracing_raises(call: str, where: str)
     assert shown in message, message
     assert "compile=False" in message and "outside" in message, message
     assert isinstance(failure.value, RuntimeError)
-    assert function.tracer is None, "a failed trace left its tracer switched on"
+    assert function.active_tracer() is None, "a failed trace left its tracer switched on"
+    assert function.tracing_threads == 0
     assert float((x * 2).sum()) == 24.0  # and eager mode works again right away
     if where == "nn layer":  # the way out the message names: compile=False runs the same cell
         layer.compile = False
@@ -1059,6 +1061,75 @@ def test_a_step_that_does_not_return_a_pair_raises() -> None:
     xs = tl.Tensor(np.ones((3, 2)))
     with pytest.raises(TypeError, match="pair"):
         tl.scan(lambda carry, x: carry + x, xs[0], xs)
+
+
+# ==================================================================== threads
+
+
+def pause_inside_a_trace(step, steps: int = 3):
+    """Start a thread that runs ``tl.scan(step)`` and stops inside its trace until released.
+
+    Returns (the thread, the Event that lets it go on, a dict that receives its result).
+    """
+    inside, release, result = threading.Event(), threading.Event(), {}
+
+    def waiting_step(h, x):
+        inside.set()
+        assert release.wait(10), "the main thread never released the trace"
+        return step(h, x)
+
+    def run():
+        rng = np.random.default_rng(1)
+        h0, xs = tensor(rng, 2, 3), tensor(rng, steps, 2, 3)
+        carry, ys = tl.scan(waiting_step, h0, xs)
+        result.update(h0=h0, xs=xs, carry=carry, ys=ys, ops=[op.function for op in carry.grad_fn.loop.tape.ops])
+        (carry.sum() + ys.sum()).backward()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert inside.wait(10), "the thread never started tracing"
+    return thread, release, result
+
+
+def test_eager_work_in_another_thread_is_not_traced() -> None:
+    """A trace in one thread leaves the others eager: their ops build their own graph, and
+    reading a value (``.item()``) is allowed there."""
+    thread, release, result = pause_inside_a_trace(lambda h, x: ((h * x).tanh(), h))
+    try:
+        w = tl.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        loss = (w * w).sum()
+        assert loss.item() == 5.0
+        loss.backward()
+        np.testing.assert_array_equal(w.grad.numpy(), [2.0, 4.0])
+    finally:
+        release.set()
+        thread.join()
+    assert result["ops"] == [ops.Mul, ops.Tanh]
+
+
+def test_two_threads_tracing_at_once_keep_their_own_tapes() -> None:
+    def step(h, x):
+        return (h * x).tanh(), h
+
+    thread, release, result = pause_inside_a_trace(step)
+    try:
+        rng = np.random.default_rng(2)
+        h0, xs = tensor(rng, 2, 3), tensor(rng, 4, 2, 3)
+        carry, ys = tl.scan(lambda h, x: (h + x, h * 2.0), h0, xs)
+        assert [op.function for op in carry.grad_fn.loop.tape.ops] == [ops.Add, ops.Mul]
+        written_out = h0
+        for t in range(4):
+            written_out = written_out + xs[t]
+        np.testing.assert_allclose(carry.numpy(), written_out.numpy(), rtol=1e-12)
+    finally:
+        release.set()
+        thread.join()
+    h, h0, xs = result["h0"], result["h0"], result["xs"]
+    for t in range(xs.shape[0]):
+        h, _ = step(h, xs[t])
+    np.testing.assert_allclose(result["carry"].numpy(), h.numpy(), rtol=1e-12)
+    assert result["ops"] == [ops.Mul, ops.Tanh]
+    assert result["h0"].grad is not None and result["xs"].grad is not None
 
 
 # ======================================================== the strict stand-in device

@@ -64,19 +64,44 @@ class TraceError(RuntimeError):
     """Something inside a traced function (``tl.scan``, ``tl.compile``) cannot be traced."""
 
 
-# The tracer writing a tape right now (tensor/scan.py), or None: then ``apply`` is eager.
-tracer = None
+class _Tracing(threading.local):
+    tracer = None  # the tracer writing a tape in this thread (tensor/scan.py), or None
+
+
+_tracing = _Tracing()
+_tracing_lock = threading.Lock()
+# How many threads are tracing right now. Tracing is per thread: ops another thread
+# applies meanwhile run eagerly. While no thread traces (almost always), ``apply`` and
+# the Tensor methods that ask see 0 here and skip even the thread-local look-up.
+tracing_threads = 0
+
+
+def active_tracer():
+    """The tracer writing a tape in this thread, or None: then ``apply`` is eager."""
+    return _tracing.tracer if tracing_threads else None
+
+
+def is_traced(tensor) -> bool:
+    """Whether ``tensor`` holds a value on the tape this thread is writing."""
+    tracer = active_tracer()
+    return tracer is not None and tracer.is_traced_value(tensor)
 
 
 def set_tracer(new_tracer):
-    """Make ``new_tracer`` (or None) the active tracer; returns the previous one (tracing nests)."""
-    global tracer
-    previous, tracer = tracer, new_tracer
+    """Make ``new_tracer`` (or None) this thread's tracer; returns the previous one (tracing nests)."""
+    global tracing_threads
+    previous = _tracing.tracer
+    _tracing.tracer = new_tracer
+    change = (new_tracer is not None) - (previous is not None)
+    if change:
+        with _tracing_lock:
+            tracing_threads += change
     return previous
 
 
 def check_not_tracing(what: str) -> None:
     """Raise ``TraceError`` if a function is being traced: ``what`` would freeze a value into the tape."""
+    tracer = active_tracer()
     if tracer is not None:
         raise TraceError(
             f"{what} inside {tracer.name}: the traced function runs once to record its ops, so this "
@@ -211,8 +236,10 @@ class Function:
         An input's edge says where its gradient goes: the leaf Tensor itself, its
         creator ``(node, output_index)``, or None (not a Tensor, or no gradient wanted).
         """
-        if tracer is not None:
-            return tracer.record(cls, args, kwargs)
+        if tracing_threads:
+            tracer = _tracing.tracer
+            if tracer is not None:
+                return tracer.record(cls, args, kwargs)
         device = None
         requires_grad = False
         arrays, edges, needs = [], [], []

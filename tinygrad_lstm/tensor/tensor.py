@@ -81,7 +81,7 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None, device: str | None = None):
         dtype = None if dtype is None else as_dtype(dtype)
         if isinstance(data, Tensor):
-            if _function.tracer is not None and _function.tracer.is_traced_value(data):
+            if _function.tracing_threads and _function.is_traced(data):
                 _function.check_not_tracing("Tensor(t), a copy of a traced value,")
             source_device, array = data.device, data.data
         else:
@@ -175,24 +175,24 @@ class Tensor:
     # ------------------------------------------------------------------ to host
     def numpy(self) -> np.ndarray:
         """A host NumPy copy of the data (works for any device)."""
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing(".numpy()")
         return np.array(backend.to_host(self.data, self.device), copy=True)
 
     def item(self) -> Any:
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing(".item()")
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.numpy().reshape(()).item()
 
     def tolist(self) -> Any:
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing(".tolist()")
         return self.numpy().tolist()
 
     def __array__(self, dtype=None, copy=None):
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing("numpy.asarray(t)")
         if self.device != "cpu":
             raise TypeError(
@@ -201,7 +201,7 @@ class Tensor:
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __bool__(self) -> bool:
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing("bool(t) (an if or while on a tensor)")
         if self.size != 1:
             raise ValueError(
@@ -211,17 +211,17 @@ class Tensor:
         return bool(self.item())
 
     def __float__(self) -> float:
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing("float(t)")
         return float(self.item())
 
     def __int__(self) -> int:
-        if _function.tracer is not None:
+        if _function.active_tracer() is not None:
             _function.check_not_tracing("int(t)")
         return int(self.item())
 
     def __repr__(self) -> str:
-        if _function.tracer is not None:  # printing inside a traced function: no values to show
+        if _function.active_tracer() is not None:  # printing inside a traced function: no values to show
             return f"Tensor(<traced>, shape={self.shape}, dtype={self.dtype})"
         body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=20, prefix="Tensor(")
         extras = [f"dtype={self.dtype}"]
@@ -249,7 +249,7 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data, cut from the graph (shares memory, never requires grad)."""
-        if _function.tracer is not None:  # while tracing, a recorded op: its value changes per step
+        if _function.active_tracer() is not None:  # while tracing, a recorded op: its value changes per step
             with _function.no_grad():
                 return _ops.Detach.apply(self)
         return Tensor._make(self.data, self.device)
@@ -306,7 +306,7 @@ class Tensor:
         if dtype == self.dtype:
             return self
         if self.requires_grad and dtype.kind not in "fc":
-            if _function.tracer is not None:  # while tracing, a recorded op without gradient
+            if _function.active_tracer() is not None:  # while tracing, a recorded op without gradient
                 with _function.no_grad():
                     return _ops.Cast.apply(self, dtype=dtype)
             return Tensor._make(self.data.astype(dtype), self.device)
@@ -443,7 +443,7 @@ class Tensor:
         return self._take_value(_apply_binary(function, self, operand), spelling)
 
     def _check_may_change(self, spelling: str) -> None:
-        tracing = _function.tracer is not None  # values on a tape have no nodes: the tracer judges (rebind)
+        tracing = _function.active_tracer() is not None  # values on a tape have no nodes: the tracer judges (rebind)
         if self.requires_grad and self._node is None and _function.is_grad_enabled() and not tracing:
             raise RuntimeError(
                 f"in-place {spelling} on a leaf tensor that requires grad (a Parameter, say) while "
@@ -465,8 +465,8 @@ class Tensor:
                     f"{self.dtype} tensor (use x = x + y, or cast first with .astype)"
                 )
             result = _ops.Cast.apply(result, dtype=self.dtype)
-        if _function.tracer is not None:  # tracing: self now stands for the result's value on the tape
-            _function.tracer.rebind(self, result, spelling)
+        if _function.active_tracer() is not None:  # tracing: self now stands for the result's value on the tape
+            _function.active_tracer().rebind(self, result, spelling)
             self.data, self._node, self._output_index = result.data, result._node, result._output_index
             self._requires_grad = result.requires_grad
         elif result.requires_grad:  # recorded: self becomes the result, node and all
@@ -492,7 +492,7 @@ class Tensor:
                 raise backend.DeviceError(
                     f"comparison of tensors on different devices, {self.device!r} and {other.device!r}"
                 )
-        if _function.tracer is not None:  # while tracing, a recorded op without gradient
+        if _function.active_tracer() is not None:  # while tracing, a recorded op without gradient
             with _function.no_grad():
                 return _ops.Compare.apply(self, other, compare=compare)
         if isinstance(other, Tensor):
@@ -942,7 +942,7 @@ def _index_arg(index: Any, tensor: Tensor) -> Any:
                 raise backend.DeviceError(
                     f"index tensor is on {part.device!r} but the indexed tensor on {tensor.device!r}"
                 )
-            if _function.tracer is not None and _function.tracer.is_traced_value(part):
+            if _function.tracing_threads and _function.is_traced(part):
                 _function.check_not_tracing("indexing with a traced tensor")
             part = part.data
         elif isinstance(part, list):
