@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -259,6 +260,51 @@ def test_retain_graph_allows_backward_twice_and_doubles_grads() -> None:
     once = x.grad.numpy()
     loss.backward()
     np.testing.assert_allclose(x.grad.numpy(), 2 * once, rtol=1e-15)
+
+
+def test_retain_graph_is_per_thread() -> None:
+    """Two backward passes in two threads, overlapping: A (retain_graph=True) starts, B
+    (False) starts, A ends, B ends. Neither's setting outlives its pass, in any thread."""
+    from tinygrad_lstm.tensor import autograd
+
+    class Pause(tl.Function):
+        """Identity whose VJP waits in the middle of the backward pass until told to go on."""
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, g):
+            ctx.inside.set()
+            assert ctx.go_on.wait(10)
+            return g
+
+    def paused_backward(retain: bool, seen: dict) -> tuple[threading.Thread, threading.Event, threading.Event]:
+        inside, go_on = threading.Event(), threading.Event()
+        x = tl.Tensor([1.0, 2.0], dtype=tl.float64, requires_grad=True)
+        y = Pause.apply(x)
+        y.grad_fn.inside, y.grad_fn.go_on = inside, go_on
+        loss = (y * y).sum()
+
+        def run():
+            loss.backward(retain_graph=retain)
+            seen[retain] = autograd.retaining_graph()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert inside.wait(10)
+        return thread, go_on, inside
+
+    seen: dict = {}
+    thread_a, go_a, _ = paused_backward(True, seen)
+    thread_b, go_b, _ = paused_backward(False, seen)
+    go_a.set()
+    thread_a.join()
+    go_b.set()
+    thread_b.join()
+    assert seen == {True: False, False: False}  # each pass's setting ended with it
+    assert autograd.retaining_graph() is False
 
 
 def test_only_leaves_keep_grad_unless_retain_grad() -> None:

@@ -17,6 +17,7 @@ that come out have a graph of their own and can be differentiated again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,12 +127,16 @@ def _accumulate_into_node(node: Context, index: int, grad: Any, fresh: bool = Fa
         node.owned[index] = type(current) is not Tensor  # never add in place into a recorded Tensor
 
 
-_retaining = False  # whether the running backward pass keeps the graph (retain_graph=True)
+class _BackwardPass(threading.local):
+    retaining = False  # whether this thread's running backward pass keeps the graph (retain_graph=True)
+
+
+_backward_pass = _BackwardPass()
 
 
 def retaining_graph() -> bool:
-    """True while a backward pass with ``retain_graph=True`` runs (ops that free as they go ask)."""
-    return _retaining
+    """True while a backward pass with ``retain_graph=True`` runs in this thread (ops that free as they go ask)."""
+    return _backward_pass.retaining
 
 
 def run_backward(
@@ -186,14 +191,13 @@ def run_backward(
             _accumulate_into_node(root._node, root._output_index, grad)
             root_nodes.append(root._node)
 
-    global _retaining
     with set_grad_enabled(create_graph):
         if root_nodes:
-            previous, _retaining = _retaining, retain_graph
+            previous, _backward_pass.retaining = _backward_pass.retaining, retain_graph
             try:
                 _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, results, create_graph)
             finally:
-                _retaining = previous
+                _backward_pass.retaining = previous
 
     for leaf, grad, owned in leaf_grads.values():
         if capture is not None:
