@@ -888,7 +888,7 @@ def test_canary_the_ops_replayed_in_forward_order_are_caught(monkeypatch) -> Non
 
 
 def test_canary_a_dropped_deferred_weight_gemm_is_caught(monkeypatch) -> None:
-    monkeypatch.setattr(scan_module, "deferred_gradients", lambda tape, op_index, steps, *rest: [])
+    monkeypatch.setattr(scan_module, "deferred_gradients", lambda tape, op_index, contexts, *rest: [])
     red(check_scan_equals_loop, scan_cases())
     red(check_layer_compiled_equals_eager, layer_cases())
 
@@ -896,8 +896,8 @@ def test_canary_a_dropped_deferred_weight_gemm_is_caught(monkeypatch) -> None:
 def test_canary_a_deferred_gemm_over_the_wrong_steps_is_caught(monkeypatch) -> None:
     original = scan_module.deferred_gradients
 
-    def first_step_only(tape, op_index, steps, stack=None, first_input=None):
-        return original(tape, op_index, steps[:1], stack)  # first_input, a slice of xs for all steps, dropped
+    def first_step_only(tape, op_index, contexts, stacked_grad, first_input=None):
+        return original(tape, op_index, contexts[:1], stacked_grad[:1])  # first_input (all steps) dropped
 
     monkeypatch.setattr(scan_module, "deferred_gradients", first_step_only)
     red(check_scan_equals_loop, long_enough(scan_cases()))
@@ -1412,7 +1412,8 @@ def test_the_replay_checks_every_gradient_of_a_users_function() -> None:
 
 
 def test_the_deferred_weight_gradient_reads_h_from_ys_instead_of_stacking_it(monkeypatch) -> None:
-    """An RNN's Linear(h_{t-1}, W_hh): h_{t-1} is row t-1 of ys, so only g_t is stacked per block."""
+    """An RNN's Linear(h_{t-1}, W_hh): h_{t-1} is row t-1 of ys, and g_t is copied into its block
+    buffer as it comes: nothing is stacked at the end of a block."""
     calls = []
     original = scan_module.stack_steps
 
@@ -1434,9 +1435,67 @@ def test_the_deferred_weight_gradient_reads_h_from_ys_instead_of_stacking_it(mon
         h0, xs = tensor(rng, 2, 4), tensor(rng, steps, 2, 4)
         _, ys = tl.scan(step, h0, xs, reverse=reverse)
         ys.sum().backward()
-        assert calls == [64, 64, 2]  # per block: the gradients g_t only
+        assert calls == []
         want = sum(g.T @ h for g, h in zip(*_rnn_gradients_by_hand(weight, h0, xs, reverse)))
         np.testing.assert_allclose(weight.grad.numpy(), want, **TOLERANCE)
+
+
+def test_a_gradient_two_deferred_ops_share_is_copied_once_per_step(monkeypatch) -> None:
+    """``linear(h, W_hh, linear(x, W_ih, b))``: the inner Linear's output gradient is the outer's
+    bias gradient, the very same array. Both ops' weight gradients come from one block buffer."""
+    made = []
+    original = scan_module.DeferredSums.collect
+
+    def collect(self, op_index, t, ctx, grad):
+        original(self, op_index, t, ctx, grad)
+        made.append(len(self.buffers))
+
+    monkeypatch.setattr(scan_module.DeferredSums, "collect", collect)
+    rng = np.random.default_rng(4)
+    w_ih, w_hh, b = tensor(rng, 4, 3), tensor(rng, 4, 4), tensor(rng, 4)
+
+    def step(h, x):
+        h = tl.linear(h, w_hh, tl.linear(x, w_ih, b)).tanh()
+        return h, h
+
+    h0, xs = tensor(rng, 2, 4), tensor(rng, 5, 2, 3)
+    _, ys = tl.scan(step, h0, xs)
+    ys.sum().backward()
+    assert made and max(made) == 1  # one buffer: the second op's gradient was the first's array
+    got = [w_ih.grad.numpy(), w_hh.grad.numpy(), b.grad.numpy()]
+    for tensor_ in (w_ih, w_hh, b, h0, xs):
+        tensor_.grad = None
+    h = h0
+    outputs = []
+    for t in range(5):
+        h, _ = step(h, xs[t])
+        outputs.append(h)
+    tl.stack(outputs).sum().backward()
+    for have, want in zip(got, [w_ih.grad.numpy(), w_hh.grad.numpy(), b.grad.numpy()]):
+        np.testing.assert_allclose(have, want, **TOLERANCE)
+
+
+def test_deferred_sums_stack_the_steps_an_op_got_a_gradient_at_when_they_are_not_consecutive() -> None:
+    """The rare way: an op with no output gradient at some step of a block. Its gradients
+    and inputs over the steps it had are stacked, in time order."""
+    rng = np.random.default_rng(5)
+    weight = tensor(rng, 3, 2)
+    h0, xs = tensor(rng, 2, 2), tensor(rng, 4, 2, 2)
+    _, ys = tl.scan(lambda h, x: ((tl.linear(h, weight) + x[:, :1]).tanh()[:, :2] * 1.0, h), h0, xs)
+    loop = ys.grad_fn.loop
+    deferred = scan_module.DeferredSums(loop, [xs.data], {}, scan_module.Accumulator(len(loop.tape.captured_slots)))
+    deferred.start_block(range(4))
+    op_index = next(k for k, op in enumerate(loop.tape.ops) if op.deferred)
+    inputs = {t: rng.standard_normal((2, 2)) for t in (3, 1, 0)}  # step 2 had no gradient
+    grads = {t: rng.standard_normal((2, 3)) for t in inputs}
+    for t in (3, 1, 0):  # the reverse replay's order
+        ctx = scan_module.Context(ops.Linear, np, "cpu")
+        ctx.saved_tensors = (inputs[t], weight.data)
+        deferred.collect(op_index, t, ctx, grads[t])
+    deferred.flush()
+    want = sum(grads[t].T @ inputs[t] for t in inputs)
+    position = next(k for k, captured in enumerate(loop.tape.captured) if captured is weight)
+    np.testing.assert_allclose(deferred.captured.grads[position], want, rtol=1e-12)
 
 
 def _rnn_gradients_by_hand(weight: tl.Tensor, h0: tl.Tensor, xs: tl.Tensor, reverse: bool):

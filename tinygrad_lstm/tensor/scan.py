@@ -567,28 +567,26 @@ def mark_deferred(tape: Tape) -> None:
 def deferred_gradients(
     tape: Tape,
     op_index: int,
-    steps: list[tuple[Context, Any]],
-    stack: Callable[[list[Any]], Any] | None = None,
+    contexts: list[Context],
+    stacked_grad: Any,
     first_input: Any = None,
 ) -> list[tuple[int, Any]]:
-    """Gradients of one op's deferred inputs over ``steps`` (pairs of its Context and output gradient).
+    """Gradients of one op's deferred inputs over some steps: its Context and output gradient at each.
 
     Calls the op's own VJP once, on the first input and the output gradient of every
     step stacked along a new leading axis (rows of one matrix for ``MatMul``).
-    ``stack`` joins a list of per-step arrays (default :func:`stack_steps`); ``first_input``,
-    when the caller has it, is the first inputs of these steps already stacked (a
-    slice of xs or ys: then they are not stacked again).
+    ``stacked_grad`` is those output gradients, stacked in the order of ``contexts``;
+    ``first_input``, when the caller has it, is the first inputs of these steps already
+    stacked (a slice of xs or ys); otherwise they are stacked from the Contexts.
     """
     op = tape.ops[op_index]
-    stack = stack or functools.partial(stack_steps, tape.xp)
     if first_input is None:
-        first_input = stack([ctx.saved_tensors[0] for ctx, _ in steps])
-    stacked_grad = stack([grad for _, grad in steps])
+        first_input = stack_steps(tape.xp, [ctx.saved_tensors[0] for ctx in contexts])
     if op.function is ops.MatMul:  # 2-D rows of every step, one below the other
         first_input = first_input.reshape(-1, first_input.shape[-1])
         stacked_grad = stacked_grad.reshape(-1, stacked_grad.shape[-1])
     ctx = Context(op.function, tape.xp, op.device)
-    ctx.saved_tensors = (first_input, *steps[0][0].saved_tensors[1:])
+    ctx.saved_tensors = (first_input, *contexts[0].saved_tensors[1:])
     ctx.needs_input_grad = tuple(i in op.deferred for i in range(len(op.slots)))
     input_grads = op.function.backward(ctx, stacked_grad)
     result = []
@@ -601,14 +599,17 @@ def deferred_gradients(
 class DeferredSums:
     """The deferred weight gradients of a loop's backward: collected per step, summed per block.
 
-    The reverse replay hands :meth:`collect` the output gradient of each op with
-    deferred inputs; every ``DEFER_BLOCK`` steps (and at the end) :meth:`flush` calls
-    :func:`deferred_gradients` once per op and adds the results into ``captured``. A
-    list of per-step arrays two ops share (Linear's bias gradient is its output
-    gradient, passed on unchanged) is stacked once. An op input that is a row of an
-    array the loop already holds is taken as a slice of it instead of being stacked
-    again: x_t is row t of xs, and a carry the step also returns as y (an RNN's h) is a
-    row of that y's buffer (``carry_rows``, see :meth:`Loop.y_buffers`).
+    The reverse replay visits the steps block by block (``DEFER_BLOCK`` steps, see
+    :meth:`start_block`) and hands :meth:`collect` the output gradient of each op with
+    deferred inputs. That gradient is copied at once into its row of a block buffer,
+    while it is still in cache (stacking the block's arrays at its end would read them
+    back from memory); an array that two ops share (Linear's bias gradient is its
+    output gradient, passed on unchanged) is copied once. At the end of the block
+    :meth:`flush` calls :func:`deferred_gradients` once per op and adds the results into
+    ``captured``. An op input that is a row of an array the loop already holds is taken
+    as a slice of it instead of being stacked: x_t is row t of xs, and a carry the step
+    also returns as y (an RNN's h) is a row of that y's buffer (``carry_rows``, see
+    :meth:`Loop.y_buffers`).
     """
 
     def __init__(self, loop: Loop, xs: Sequence[Any], carry_rows: dict[int, tuple[Any, int]], captured: Accumulator):
@@ -617,29 +618,47 @@ class DeferredSums:
         self.rows: dict[int, tuple[Any, int]] = {slot: (array, 0) for slot, array in zip(loop.x_in, xs)}
         self.rows.update(carry_rows)
         self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
-        self.pending: dict[int, list[tuple[int, Context, Any]]] = {}
+        self.first, self.count = 0, 0  # the block: steps first .. first + count - 1
+        self.pending: dict[int, list[tuple[int, Context, Any]]] = {}  # op -> (t, Context, its buffer)
+        self.buffers: dict[int, Any] = {}  # op -> its block buffer, made at its first own copy
+        self.latest: tuple[int, Any, Any] | None = None  # (t, array, buffer) of the last copy
+
+    def start_block(self, times: range) -> None:
+        """The next steps collected are those of ``times`` (in any order): rows t - min(times) of the buffers."""
+        self.first, self.count = min(times), len(times)
+        self.buffers.clear()
 
     def collect(self, op_index: int, t: int, ctx: Context, grad: Any) -> None:
-        """Keep the output gradient of op ``op_index`` at step ``t`` (with its Context) for :meth:`flush`."""
-        self.pending.setdefault(op_index, []).append((t, ctx, grad))
+        """Copy the output gradient of op ``op_index`` at step ``t`` into its block buffer, keep its Context."""
+        latest = self.latest
+        if latest is not None and latest[0] == t and latest[1] is grad:
+            buffer = latest[2]  # another op's gradient at this step, the same array: copied already
+        else:
+            buffer = self.buffers.get(op_index)
+            if buffer is None:
+                buffer = self.buffers[op_index] = self.tape.xp.empty((self.count, *grad.shape), dtype=grad.dtype)
+            buffer[t - self.first] = grad
+            self.latest = (t, grad, buffer)
+        self.pending.setdefault(op_index, []).append((t, ctx, buffer))
 
     def flush(self) -> None:
-        stacks: dict[tuple[int, ...], Any] = {}  # by the identities of the stacked arrays
-
-        def stack(arrays: list[Any]) -> Any:
-            key = tuple(map(id, arrays))  # the arrays are alive: ids are not reused
-            if key not in stacks:
-                stacks[key] = stack_steps(self.tape.xp, arrays)
-            return stacks[key]
-
         for op_index, entries in self.pending.items():
             if entries[0][0] > entries[-1][0]:  # collected in visiting order, backward: ascending time, as rows of xs
                 entries.reverse()
-            steps = [(ctx, grad) for _, ctx, grad in entries]
             first_input = self._rows_slice(op_index, entries)
-            for slot, grad in deferred_gradients(self.tape, op_index, steps, stack, first_input):
+            contexts = [ctx for _, ctx, _ in entries]
+            for slot, grad in deferred_gradients(self.tape, op_index, contexts, self._grads(entries), first_input):
                 self.captured.add(self.position_of[slot], grad)
         self.pending.clear()
+        self.latest = None
+
+    def _grads(self, entries: list[tuple[int, Context, Any]]) -> Any:
+        """The output gradients of these steps (ascending time), stacked: a slice of one buffer, if they share it."""
+        buffer = entries[0][2]
+        start = entries[0][0] - self.first
+        if len(entries) == entries[-1][0] - entries[0][0] + 1 and all(entry[2] is buffer for entry in entries):
+            return buffer[start : start + len(entries)]
+        return self.tape.xp.stack([entry[2][entry[0] - self.first] for entry in entries])  # (a step without one)
 
     def _rows_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
         """The op's first inputs over these steps, stacked, from an array the loop holds; else None.
@@ -940,7 +959,9 @@ class Scan(Function):
                 _, contexts, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
             offset = 0 if loop.checkpoint is None else start  # contexts[visit - offset] is visit's
             for block_stop in range(stop, start, -DEFER_BLOCK):  # the deferred sums are flushed per block
-                visits = range(block_stop - 1, max(block_stop - DEFER_BLOCK, start) - 1, -1)
+                block_start = max(block_stop - DEFER_BLOCK, start)
+                deferred.start_block(order[block_start:block_stop])  # the times of these visits
+                visits = range(block_stop - 1, block_start - 1, -1)
                 carry_grads = backward(
                     contexts, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred.collect,
                     captured.add, release,
