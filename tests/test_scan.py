@@ -1498,6 +1498,21 @@ def test_deferred_sums_stack_the_steps_an_op_got_a_gradient_at_when_they_are_not
     np.testing.assert_allclose(deferred.captured.grads[position], want, rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("batch", "width", "steps"),
+    [(1, 64, 64), (16, 512, 64), (32, 512, 32), (64, 2048, 8), (2048, 2048, 1)],
+)
+def test_a_block_of_deferred_sums_fits_its_bytes_but_keeps_its_rows(batch, width, steps) -> None:
+    """At most DEFER_BLOCK steps; fewer where a block's float32 gradients pass DEFER_BYTES;
+    never fewer than DEFER_ROWS rows (the batch of 64 of a large LSTM: 8 steps, 512 rows)."""
+    rng = np.random.default_rng(6)
+    weight = tl.Tensor(rng.standard_normal((width, 4)).astype(np.float32), requires_grad=True)
+    h0 = tl.Tensor(rng.standard_normal((batch, 4)).astype(np.float32))
+    xs = tl.Tensor(rng.standard_normal((2, batch, width)).astype(np.float32))
+    _, ys = tl.scan(lambda h, x: (h, tl.linear(h, weight) * x), h0, xs)
+    assert scan_module.defer_block(ys.grad_fn.loop.tape) == steps
+
+
 def _rnn_gradients_by_hand(weight: tl.Tensor, h0: tl.Tensor, xs: tl.Tensor, reverse: bool):
     """(g_t, h_{t-1}) of every step of h_t = tanh(h_{t-1} Wᵀ + x_t), for the loss Σ ys, in NumPy."""
     w, x = weight.numpy(), xs.numpy()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -599,7 +600,7 @@ def deferred_gradients(
 class DeferredSums:
     """The deferred weight gradients of a loop's backward: collected per step, summed per block.
 
-    The reverse replay visits the steps block by block (``DEFER_BLOCK`` steps, see
+    The reverse replay visits the steps block by block (:func:`defer_block` steps, see
     :meth:`start_block`) and hands :meth:`collect` the output gradient of each op with
     deferred inputs. That gradient is copied at once into its row of a block buffer,
     while it is still in cache (stacking the block's arrays at its end would read them
@@ -683,9 +684,26 @@ def stack_steps(xp: Any, arrays: list[Any]) -> Any:
     return xp.concatenate(arrays).reshape(len(arrays), *arrays[0].shape)
 
 
-# Steps whose deferred weight gradients are summed by one VJP call: bounds the memory of
-# the stacked per-step gradients while keeping each matmul large (block · batch rows).
+# Steps whose deferred weight gradients are summed by one VJP call: at most DEFER_BLOCK;
+# fewer where a block's output gradients would take more than DEFER_BYTES (the block
+# buffers are made as backward starts, when memory is at its peak), but never fewer than
+# give DEFER_ROWS rows to each matmul (below that, the sums over time lose their speed).
 DEFER_BLOCK = 64
+DEFER_BYTES = 2 << 20
+DEFER_ROWS = 512
+
+
+def defer_block(tape: Tape) -> int:
+    """The number of steps per block of deferred sums for this tape (see DEFER_BLOCK)."""
+    steps = DEFER_BLOCK
+    for op in tape.ops:
+        if op.deferred:
+            shape, dtype = tape.meta[op.outputs[0]]
+            rows = math.prod(shape[:-1])  # per step, of the matmul over the block
+            row_bytes = math.prod(shape) * tape.xp.dtype(dtype).itemsize
+            fitting = DEFER_BYTES // max(row_bytes, 1)
+            steps = min(steps, max(fitting, -(-DEFER_ROWS // max(rows, 1)), 1))
+    return steps
 
 
 # ------------------------------------------------------------------------------ scan
@@ -949,6 +967,7 @@ class Scan(Function):
         inputs = ctx.inputs if loop.checkpoint is not None else ctx.saved_tensors
         xs_inputs = inputs[carry_count : carry_count + x_count]
         deferred = DeferredSums(loop, xs_inputs, ctx.carry_rows, captured)
+        block = defer_block(tape)
 
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
@@ -958,8 +977,8 @@ class Scan(Function):
                 xs = ctx.inputs[carry_count : carry_count + x_count]
                 _, contexts, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
             offset = 0 if loop.checkpoint is None else start  # contexts[visit - offset] is visit's
-            for block_stop in range(stop, start, -DEFER_BLOCK):  # the deferred sums are flushed per block
-                block_start = max(block_stop - DEFER_BLOCK, start)
+            for block_stop in range(stop, start, -block):  # the deferred sums are flushed per block
+                block_start = max(block_stop - block, start)
                 deferred.start_block(order[block_start:block_stop])  # the times of these visits
                 visits = range(block_stop - 1, block_start - 1, -1)
                 carry_grads = backward(
