@@ -845,7 +845,7 @@ def test_canary_a_tape_with_tanhs_vjp_for_sigmoid_is_caught(monkeypatch) -> None
 
 def swap_first_two_sigmoid_contexts(source: str) -> str:
     """A loop's replay in which the first two Sigmoid VJPs each run on the other's Context."""
-    sigmoids = re.findall(r"# Sigmoid\n\s+r = backward\d+\((c\d+),", source)
+    sigmoids = re.findall(r"# Sigmoid\n\s+[ar] = backward\d+\((c\d+),", source)
     if len(sigmoids) < 2:
         return source
     first, second = sigmoids[-1], sigmoids[-2]  # (the replay runs them last op first)

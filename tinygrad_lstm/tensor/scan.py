@@ -39,6 +39,7 @@ numbers inside ``fn`` would freeze one step's value into the tape, so it raises
 from __future__ import annotations
 
 import builtins
+import collections
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -346,7 +347,8 @@ def backward_source(tape: Tape) -> str:
     seeded = set(tape.output_slots)
     for slot in gradient_slots(tape):
         lines.append(f"    g{slot} = grads[{slot}]" if slot in seeded else f"    g{slot} = None")
-    lines.extend(vjp_body(tape, "    ", "if on_deferred is not None: on_deferred({index}, c{index}, {given})"))
+    on_deferred = "if on_deferred is not None: on_deferred({index}, c{index}, {given})"
+    lines.extend(vjp_body(tape, "    ", on_deferred, seeded))
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
         lines.append(f"    grads[{slot}] = g{slot}")
     return "\n".join(lines)
@@ -363,14 +365,20 @@ def replay_order(tape: Tape) -> list[tuple[int, TapeOp]]:
     return [(index, op) for index, op in reversed(list(enumerate(tape.ops))) if op.records]
 
 
-def vjp_body(tape: Tape, indent: str, on_deferred: str) -> list[str]:
+def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int]) -> list[str]:
     """The VJP of every recording op in :func:`replay_order`, each input's gradient summed into its ``gN``.
 
     ``on_deferred`` is the line (a format string of ``index`` and ``given``) that hands
-    an op with deferred inputs its output gradient.
+    an op with deferred inputs its output gradient. ``seeded``: the slots whose ``gN``
+    may hold a gradient before the first VJP (the outputs'). A slot that no seed and
+    only one VJP input reaches takes that gradient as it is, without the test for a sum.
     """
+    recording = replay_order(tape)
+    reached = collections.Counter(
+        slot for _, op in recording for slot, need in zip(op.slots, op.step_needs) if need and slot >= 0
+    )
     lines = []
-    for index, op in replay_order(tape):
+    for index, op in recording:
         name = op.function.__name__
         if op.multi_output:
             condition = " or ".join(f"g{slot} is not None" for slot in op.outputs)
@@ -380,11 +388,15 @@ def vjp_body(tape: Tape, indent: str, on_deferred: str) -> list[str]:
         lines.append(f"{indent}if {condition}:  # {name}")
         if op.deferred:
             lines.append(f"{indent}    " + on_deferred.format(index=index, given=given))
-        lines.append(f"{indent}    r = backward{index}(c{index}, {given})")
         count = len(op.slots)
-        if count == 1:
-            lines.append(f"{indent}    if type(r) is not tuple: r = (r,)")
         primitive = op.function.__module__ == ops.__name__
+        if primitive and count == 1:  # its VJP returns the one gradient (or a 1-tuple)
+            lines.append(f"{indent}    a = backward{index}(c{index}, {given})")
+            lines.append(f"{indent}    if type(a) is tuple: a = a[0]")
+        else:
+            lines.append(f"{indent}    r = backward{index}(c{index}, {given})")
+            if count == 1:
+                lines.append(f"{indent}    if type(r) is not tuple: r = (r,)")
         if not primitive:  # (a primitive's VJP returns one gradient per input: ops.py is tested for it)
             lines.append(
                 f"{indent}    if type(r) is not tuple or len(r) != {count}: r = check_arity(r, {count}, {name!r})"
@@ -392,13 +404,17 @@ def vjp_body(tape: Tape, indent: str, on_deferred: str) -> list[str]:
         for position, (slot, need) in enumerate(zip(op.slots, op.step_needs)):
             if not need:
                 continue
-            lines.append(f"{indent}    a = r[{position}]")
+            if not (primitive and count == 1):
+                lines.append(f"{indent}    a = r[{position}]")
             lines.append(f"{indent}    if a is not None:")
             if not (primitive and gradient_matches_input(tape, op, position)):
                 # "is not": a dtype equal to the input's but another object only takes the way through fit
                 lines.append(f"{indent}        if a.shape != shape{slot} or a.dtype is not dtype{slot}:")
                 lines.append(f"{indent}            a = fit(a, shape{slot}, dtype{slot}, {name!r})")
-            lines.append(f"{indent}        g{slot} = a if g{slot} is None else g{slot} + a")
+            if reached[slot] == 1 and slot not in seeded:
+                lines.append(f"{indent}        g{slot} = a")
+            else:
+                lines.append(f"{indent}        g{slot} = a if g{slot} is None else g{slot} + a")
     return lines
 
 
@@ -907,7 +923,7 @@ def backward_loop_source(loop: Loop) -> str:
     for k, slot in enumerate(loop.y_out):
         lines.append(f"        if yg{k} is not None:")
         lines.append(f"            a = yg{k}[t]; g{slot} = a if g{slot} is None else g{slot} + a")
-    lines.extend(vjp_body(tape, "        ", "collect({index}, t, c{index}, {given})"))
+    lines.extend(vjp_body(tape, "        ", "collect({index}, t, c{index}, {given})", set(loop.carry_out + loop.y_out)))
     for k, slot in enumerate(loop.x_in):
         lines.append(f"        if xg{k} is not None: xg{k}[t] = 0 if g{slot} is None else g{slot}")
     for position, slot in loop.per_step_captured():
