@@ -1513,6 +1513,26 @@ def test_a_block_of_deferred_sums_fits_its_bytes_but_keeps_its_rows(batch, width
     assert scan_module.defer_block(ys.grad_fn.loop.tape) == steps
 
 
+def test_the_traced_first_step_is_not_run_again(monkeypatch) -> None:
+    """Tracing runs the step on the first step's values: the forward replay starts at the
+    second step, so each op runs T times in all. With checkpoints the first is run again."""
+    calls = []
+    original = ops.Tanh.forward
+    monkeypatch.setattr(ops.Tanh, "forward", staticmethod(lambda ctx, x: calls.append(1) or original(ctx, x)))
+    rng = np.random.default_rng(7)
+    weight = tensor(rng, 3, 3)
+    h0, xs = tensor(rng, 2, 3), tensor(rng, 5, 2, 3)
+
+    def step(h, x):
+        return (tl.linear(h, weight) + x).tanh(), h
+
+    for reverse, checkpoint, runs in [(False, None, 5), (True, None, 5), (False, 2, 5 + 1 + 5)]:
+        calls.clear()
+        carry, ys = tl.scan(step, h0, xs, reverse=reverse, checkpoint=checkpoint)
+        (carry.sum() + ys.sum()).backward()
+        assert len(calls) == runs  # (with checkpoints: the trace, the forward, and the recomputation)
+
+
 def _rnn_gradients_by_hand(weight: tl.Tensor, h0: tl.Tensor, xs: tl.Tensor, reverse: bool):
     """(g_t, h_{t-1}) of every step of h_t = tanh(h_{t-1} Wᵀ + x_t), for the loss Σ ys, in NumPy."""
     w, x = weight.numpy(), xs.numpy()

@@ -17,7 +17,8 @@ each with its Python bookkeeping. ``scan`` records one node for the whole loop:
    them (a module's parameters, closed-over tensors) become implicit inputs of the tape.
    Ops that read only those (``b_ih + b_hh``) are taken out of the step and applied
    once, before the loop.
-2. **replay forward**: the tape runs T times on raw arrays, calling each op's own
+2. **replay forward**: the tape runs on raw arrays for the other T - 1 steps (tracing
+   ran the first: its results and Contexts are that step's), calling each op's own
    ``forward`` with a fresh ``Context`` per step, which keeps what the op's ``backward``
    will need (``checkpoint=k`` keeps only every k-th carry instead).
 3. **replay backward**: the tape's VJPs run in reverse, over time in reverse; the
@@ -142,6 +143,7 @@ class Tracer:
         self.captured_slots: list[int] = []
         self.input_slots: set[int] = set()
         self.ops: list[TapeOp] = []
+        self.contexts: dict[int, Context] = {}  # id(op) -> the Context its forward filled while tracing
 
     def _new_slot(self, tensor: Tensor, requires: bool) -> int:
         slot = len(self.meta)
@@ -226,12 +228,12 @@ class Tracer:
             output_slots.append(self._new_slot(tensor, requires))
             results.append(tensor)
         needs_tuple = tuple(needs)
-        self.ops.append(
-            TapeOp(
-                cls, target.name, tuple(slots), tuple(constants), dict(kwargs), tuple(output_slots),
-                multi_output, needs_tuple, wrap_scalars, step_needs=needs_tuple,
-            )
+        op = TapeOp(
+            cls, target.name, tuple(slots), tuple(constants), dict(kwargs), tuple(output_slots),
+            multi_output, needs_tuple, wrap_scalars, step_needs=needs_tuple,
         )  # fmt: skip
+        self.ops.append(op)
+        self.contexts[id(op)] = ctx
         return tuple(results) if multi_output else results[0]
 
     def tape(self, input_slots: list[int], output_slots: list[int]) -> Tape:
@@ -739,6 +741,9 @@ class Loop:
     checkpoint: int | None
     keep: bool  # some input wants a gradient: keep what backward needs
     replays: dict[str, Callable] = field(default_factory=dict)
+    # The first step as tracing computed it, (its Contexts, carry, y): the next forward
+    # starts from there instead of running that step again (see traced_first_step).
+    first_step: tuple[tuple[Context, ...], list[Any], list[Any]] | None = None
 
     @property
     def order(self) -> range:
@@ -794,6 +799,18 @@ class Loop:
                 ys.append(buffer[1:])
                 carry_rows[slot_in] = (buffer, 0)
         return ys, carry_rows
+
+    def take_first_step(self, carry: list[Any], y: list[Any], ys: list[Any]) -> list[Any]:
+        """Write the traced first step's y parts into their rows of ``ys``; return the carry after it.
+
+        As in a replayed step, the carry goes on with the buffer's row where it is also a y.
+        """
+        t = self.order[0]
+        value_of = dict(zip(self.carry_out, carry))
+        for buffer, slot, value in zip(ys, self.y_out, y):
+            buffer[t] = value
+            value_of[slot] = buffer[t]
+        return [value_of[slot] for slot in self.carry_out]
 
     def per_step_captured(self) -> list[tuple[int, int]]:
         """(position, slot) of each implicit input that gets a gradient from every step (not deferred).
@@ -955,7 +972,16 @@ class Scan(Function):
         values = loop.fresh_values(arrays[carry_count + x_count :])
         keep_steps = loop.keep and loop.checkpoint is None
         ys, carry_rows = loop.y_buffers(arrays[:carry_count], with_initial=keep_steps)
-        carry, steps, checkpoints = loop.run(values, list(arrays[:carry_count]), xs, range(loop.length), keep_steps, ys)
+        carry, visits, first = list(arrays[:carry_count]), range(loop.length), []
+        traced, loop.first_step = loop.first_step, None  # (used once: a later call has other inputs)
+        if traced is not None:  # tracing ran the first step already: go on from its results
+            contexts, traced_carry, traced_y = traced
+            carry, visits = loop.take_first_step(traced_carry, traced_y, ys), range(1, loop.length)
+            first = [contexts] if keep_steps else []
+        steps, checkpoints = [], []
+        if visits:
+            carry, steps, checkpoints = loop.run(values, carry, xs, visits, keep_steps, ys)
+        steps = first + steps
         if loop.keep:
             ctx.loop, ctx.steps, ctx.checkpoints, ctx.carry_rows = loop, steps, checkpoints, carry_rows
             if loop.checkpoint is not None:
@@ -1088,10 +1114,31 @@ def scan(
         tape, tape.input_slots[: len(init_parts)], tape.input_slots[len(init_parts) :], carry_out, y_out,
         steps, reverse, checkpoint, keep,
     )  # fmt: skip
+    if checkpoint is None:  # (with checkpoints, steps are kept by segment: the first is run again)
+        loop.first_step = traced_first_step(tracer, tape, carry_parts, y_parts or [])
     outputs = Scan.apply(*inputs, loop=loop)
     final = _rebuild(outputs[: len(init_parts)], carry_is_tuple)
     ys = _rebuild(outputs[len(init_parts) :], y_is_tuple) if y_parts is not None else None
     return final, ys
+
+
+def traced_first_step(
+    tracer: Tracer, tape: Tape, carry: list[Tensor], y: list[Tensor]
+) -> tuple[tuple[Context, ...], list[Any], list[Any]]:
+    """The first step of the loop as tracing computed it: the Contexts backward will need, the carry, y.
+
+    Tracing runs ``fn`` on the first step's real values, through each op's own
+    ``forward``: its Contexts hold what a replayed first step would keep, and its
+    results are that step's. So the forward replay starts at the second step. Each
+    Context gets the op's ``step_needs`` (deferred inputs left out), as a replay's would.
+    """
+    contexts = []
+    for op in tape.ops:
+        if op.records:
+            ctx = tracer.contexts[id(op)]
+            ctx.needs_input_grad = op.step_needs
+            contexts.append(ctx)
+    return tuple(contexts), [part.data for part in carry], [part.data for part in y]
 
 
 def _scan_length(x_parts: list[Tensor] | None, length: int | None) -> int:
