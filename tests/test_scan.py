@@ -1533,6 +1533,77 @@ def test_the_traced_first_step_is_not_run_again(monkeypatch) -> None:
         assert len(calls) == runs  # (with checkpoints: the trace, the forward, and the recomputation)
 
 
+def test_a_layer_step_is_traced_once_per_call(monkeypatch) -> None:
+    """The carry (h, c) starts as zeros that need no gradient, and the inputs need none either
+    (with checkpoints, each step projects its raw x_t), but the step makes the carry depend
+    on the parameters: read off the one trace, not found by tracing again."""
+    traces = count_traces(monkeypatch)
+    layer = nn.LSTM(3, 4, dtype=tl.float64, checkpoint=2)
+    output, _ = layer(tl.Tensor(np.random.default_rng(8).standard_normal((5, 2, 3))))
+    output.sum().backward()
+    assert len(traces) == 1
+    assert all(parameter.grad is not None for parameter in layer.parameters())
+
+
+def test_a_carry_part_that_depends_on_nothing_that_requires_grad_is_not_differentiated() -> None:
+    """(h, n): h' = tanh(h W + x), n' = 2 n. Only h comes to need a gradient; n's op records
+    nothing, and the gradients are the written-out loop's. And a part that needs one only
+    through another part (a' = b, b' = b W) is found on the same tape."""
+    rng = np.random.default_rng(9)
+    weight = tensor(rng, 3, 3)
+    h0, n0, xs = tl.Tensor(rng.standard_normal((2, 3))), tl.Tensor(np.ones((2, 3))), tensor(rng, 4, 2, 3)
+
+    def step(carry, x):
+        h, n = carry
+        return ((tl.linear(h, weight) + x).tanh(), n * 2.0), h
+
+    (h, n), ys = tl.scan(step, (h0, n0), xs)
+    ops_of = {op.function: op for op in ys.grad_fn.loop.tape.ops}
+    assert not ops_of[ops.Mul].records and ops_of[ops.Tanh].records
+    (h.sum() + ys.sum()).backward()
+    got = [weight.grad.numpy(), xs.grad.numpy()]
+    weight.grad = xs.grad = None
+    carry, outputs = (h0, n0), []
+    for t in range(4):
+        carry, y = step(carry, xs[t])
+        outputs.append(y)
+    (carry[0].sum() + tl.stack(outputs).sum()).backward()
+    np.testing.assert_allclose(got[0], weight.grad.numpy(), **TOLERANCE)
+    np.testing.assert_allclose(got[1], xs.grad.numpy(), **TOLERANCE)
+
+
+def count_traces(monkeypatch) -> list:
+    traces = []
+    original = scan_module.trace
+    monkeypatch.setattr(scan_module, "trace", lambda *args, **kwargs: traces.append(1) or original(*args, **kwargs))
+    return traces
+
+
+def test_which_carry_parts_need_a_gradient_is_read_off_one_trace(monkeypatch) -> None:
+    """a' = b, b' = b W: b needs a gradient through W, a only through b, one step later.
+    And n' = 0.5 n + h.detach(): what only a detached value feeds needs none."""
+    traces = count_traces(monkeypatch)
+    rng = np.random.default_rng(10)
+    weight = tensor(rng, 3, 3)
+    a0, b0 = tl.Tensor(np.ones((2, 3))), tl.Tensor(rng.standard_normal((2, 3)))
+    (a, _), _ = tl.scan(lambda carry, x: ((carry[1], tl.linear(carry[1], weight)), None), (a0, b0), length=3)
+    assert len(traces) == 1
+    a.sum().backward()
+    assert weight.grad is not None
+
+    traces.clear()
+    h0, n0 = tl.Tensor(rng.standard_normal((2, 3))), tl.Tensor(np.ones((2, 3)))
+
+    def step(carry, x):
+        h, n = carry
+        return (tl.linear(h, weight).tanh(), n * 0.5 + h.detach()), None
+
+    (h, n), _ = tl.scan(step, (h0, n0), length=3)
+    scalings = [op for op in n.grad_fn.loop.tape.ops if op.function is ops.Mul]
+    assert scalings and not any(op.records for op in scalings)
+    assert len(traces) == 2  # the first, as if n needed a gradient; the second without
+
+
 def _rnn_gradients_by_hand(weight: tl.Tensor, h0: tl.Tensor, xs: tl.Tensor, reverse: bool):
     """(g_t, h_{t-1}) of every step of h_t = tanh(h_{t-1} Wᵀ + x_t), for the loss Σ ys, in NumPy."""
     w, x = weight.numpy(), xs.numpy()

@@ -74,6 +74,7 @@ class TapeOp:
     multi_output: bool
     needs: tuple[bool, ...]
     wrap_scalars: bool  # forward returned a scalar (NumPy's 0-d reductions): make it an array
+    grad_enabled: bool = True  # grad mode when it was recorded (off: its outputs never require grad)
     step_needs: tuple[bool, ...] = ()
     deferred: tuple[int, ...] = ()
 
@@ -230,7 +231,7 @@ class Tracer:
         needs_tuple = tuple(needs)
         op = TapeOp(
             cls, target.name, tuple(slots), tuple(constants), dict(kwargs), tuple(output_slots),
-            multi_output, needs_tuple, wrap_scalars, step_needs=needs_tuple,
+            multi_output, needs_tuple, wrap_scalars, grad_enabled, step_needs=needs_tuple,
         )  # fmt: skip
         self.ops.append(op)
         self.contexts[id(op)] = ctx
@@ -1087,22 +1088,28 @@ def scan(
         x = _rebuild(stand_ins[len(init_parts) :], x_is_tuple) if x_parts is not None else None
         return fn(carry, x)
 
-    # A carry part needs a gradient from step 1 on if the step makes it depend on
-    # anything that requires grad: trace again with it marked until nothing changes.
-    # Optimistic start: when xs want a gradient, the carry almost always comes to depend on them.
-    any_x_requires = any(x.requires_grad for x in x_parts or ())
-    carry_requires = [part.requires_grad or any_x_requires for part in init_parts]
-    while True:
+    def trace_step(carry_requires: list[bool]) -> tuple[list[Tensor], Tracer, list[Tensor], list[int], Any]:
         stand_ins, result, tracer = trace("tl.scan", step, [*init_parts, *x_first], [*carry_requires, *x_first_none])
         if not isinstance(result, tuple) or len(result) != 2:
             raise TypeError(f"tl.scan: fn must return a pair (carry, y), got {type(result).__name__}")
         new_carry, y = result
         carry_parts = _check_carry(init_parts, carry_is_tuple, new_carry)
-        carry_out = [tracer.slot(part) for part in carry_parts]
-        grown = [before or tracer.requires[slot] for before, slot in zip(carry_requires, carry_out)]
-        if grown == carry_requires:
-            break
-        carry_requires = grown
+        return stand_ins, tracer, carry_parts, [tracer.slot(part) for part in carry_parts], y
+
+    # A carry part needs a gradient from step 1 on if the step makes it depend on anything
+    # that requires grad (in a layer, always: the step reads the parameters). Trace once as
+    # if every part did, and read off the tape which really do (carry_requires_needed);
+    # where some part does not, trace again without it, and again while parts turn out to
+    # need one after all, until nothing changes.
+    surely = [part.requires_grad for part in init_parts]
+    carry_requires = [True] * len(init_parts) if is_grad_enabled() else surely
+    stand_ins, tracer, carry_parts, carry_out, y = trace_step(carry_requires)
+    carry_in = [tracer.slot(stand_in) for stand_in in stand_ins[: len(init_parts)]]
+    needed = carry_requires_needed(tracer, carry_in, carry_out, surely)
+    while needed != carry_requires:
+        carry_requires = needed
+        stand_ins, tracer, carry_parts, carry_out, y = trace_step(carry_requires)
+        needed = [before or tracer.requires[slot] for before, slot in zip(carry_requires, carry_out)]
     y_parts, y_is_tuple = _parts(y, "y (fn's second result)", allow_none=True)
     y_out = [tracer.slot(part) for part in y_parts or ()]
     tape = tracer.tape([tracer.slot(stand_in) for stand_in in stand_ins], carry_out + y_out)
@@ -1120,6 +1127,29 @@ def scan(
     final = _rebuild(outputs[: len(init_parts)], carry_is_tuple)
     ys = _rebuild(outputs[len(init_parts) :], y_is_tuple) if y_parts is not None else None
     return final, ys
+
+
+def carry_requires_needed(tracer: Tracer, carry_in: list[int], carry_out: list[int], surely: list[bool]) -> list[bool]:
+    """Which carry parts need a gradient, read off a traced tape: those the step makes depend on one that does.
+
+    From ``surely`` (the parts whose init requires grad), a value requires grad where an
+    op recorded with grad on reads one that does (as :meth:`Tracer.record` decides);
+    a carry part does when its value after the step does, step after step until
+    nothing changes. The other inputs keep the flags they were traced with.
+    """
+    carry = list(surely)
+    while True:
+        requires = list(tracer.requires)
+        for slot, needs in zip(carry_in, carry):
+            requires[slot] = needs
+        for op in tracer.ops:
+            reads = op.grad_enabled and any(requires[slot] for slot in op.slots if slot >= 0)
+            for slot in op.outputs:
+                requires[slot] = reads
+        grown = [before or requires[slot] for before, slot in zip(carry, carry_out)]
+        if grown == carry:
+            return carry
+        carry = grown
 
 
 def traced_first_step(
