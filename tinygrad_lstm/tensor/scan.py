@@ -678,7 +678,7 @@ class DeferredSums:
         start = entries[0][0] - self.first
         if len(entries) == entries[-1][0] - entries[0][0] + 1 and all(entry[2] is buffer for entry in entries):
             return buffer[start : start + len(entries)]
-        return self.tape.xp.stack([entry[2][entry[0] - self.first] for entry in entries])  # (a step without one)
+        return stack_steps(self.tape.xp, [entry[2][entry[0] - self.first] for entry in entries])  # (a step without one)
 
     def _rows_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
         """The op's first inputs over these steps, stacked, from an array the loop holds; else None.

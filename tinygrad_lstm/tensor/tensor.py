@@ -175,24 +175,24 @@ class Tensor:
     # ------------------------------------------------------------------ to host
     def numpy(self) -> np.ndarray:
         """A host NumPy copy of the data (works for any device)."""
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing(".numpy()")
         return np.array(backend.to_host(self.data, self.device), copy=True)
 
     def item(self) -> Any:
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing(".item()")
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape {self.shape}")
         return self.numpy().reshape(()).item()
 
     def tolist(self) -> Any:
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing(".tolist()")
         return self.numpy().tolist()
 
     def __array__(self, dtype=None, copy=None):
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing("numpy.asarray(t)")
         if self.device != "cpu":
             raise TypeError(
@@ -201,7 +201,7 @@ class Tensor:
         return self.data if dtype is None else self.data.astype(dtype)
 
     def __bool__(self) -> bool:
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing("bool(t) (an if or while on a tensor)")
         if self.size != 1:
             raise ValueError(
@@ -211,12 +211,12 @@ class Tensor:
         return bool(self.item())
 
     def __float__(self) -> float:
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing("float(t)")
         return float(self.item())
 
     def __int__(self) -> int:
-        if _function.active_tracer() is not None:
+        if _function.tracing_threads:
             _function.check_not_tracing("int(t)")
         return int(self.item())
 
@@ -465,8 +465,9 @@ class Tensor:
                     f"{self.dtype} tensor (use x = x + y, or cast first with .astype)"
                 )
             result = _ops.Cast.apply(result, dtype=self.dtype)
-        if _function.active_tracer() is not None:  # tracing: self now stands for the result's value on the tape
-            _function.active_tracer().rebind(self, result, spelling)
+        tracer = _function.active_tracer()
+        if tracer is not None:  # tracing: self now stands for the result's value on the tape
+            tracer.rebind(self, result, spelling)
             self.data, self._node, self._output_index = result.data, result._node, result._output_index
             self._requires_grad = result.requires_grad
         elif result.requires_grad:  # recorded: self becomes the result, node and all
