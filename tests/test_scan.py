@@ -871,6 +871,20 @@ def test_canary_two_ops_trading_their_saved_arrays_is_caught(monkeypatch) -> Non
     assert any(swapped)
 
 
+def test_canary_vjps_on_the_records_of_the_step_before_are_caught(monkeypatch) -> None:
+    """Each step's VJPs run on what the step before it kept (the first step's on its own): an
+    off-by-one in time, in the saved tuples a loop keeps for its ops' scratch Contexts."""
+    record = "= steps[visit - offset]\n"
+
+    def previous_step(source: str) -> str:
+        return source.replace(record, "= steps[max(visit - offset - 1, 0)]  # planted\n")
+
+    edited = edit_backward_replays(monkeypatch, previous_step)
+    red(check_scan_equals_loop, long_enough(scan_cases()))
+    red(check_layer_compiled_equals_eager, long_enough(layer_cases()))
+    assert any("# planted" in source for source in edited)
+
+
 def test_canary_a_wrong_primitive_vjp_is_caught_by_gradcheck_through_scan(monkeypatch) -> None:
     """Eager and compiled share each op's VJP, so compiled-vs-eager cannot see this one: gradcheck does."""
     monkeypatch.setattr(ops.Sigmoid, "backward", ops.Tanh.backward)
@@ -888,7 +902,7 @@ def test_canary_the_ops_replayed_in_forward_order_are_caught(monkeypatch) -> Non
 
 
 def test_canary_a_dropped_deferred_weight_gemm_is_caught(monkeypatch) -> None:
-    monkeypatch.setattr(scan_module, "deferred_gradients", lambda tape, op_index, contexts, *rest: [])
+    monkeypatch.setattr(scan_module, "deferred_gradients", lambda tape, op_index, saved, *rest: [])
     red(check_scan_equals_loop, scan_cases())
     red(check_layer_compiled_equals_eager, layer_cases())
 
@@ -896,8 +910,8 @@ def test_canary_a_dropped_deferred_weight_gemm_is_caught(monkeypatch) -> None:
 def test_canary_a_deferred_gemm_over_the_wrong_steps_is_caught(monkeypatch) -> None:
     original = scan_module.deferred_gradients
 
-    def first_step_only(tape, op_index, contexts, stacked_grad, first_input=None):
-        return original(tape, op_index, contexts[:1], stacked_grad[:1])  # first_input (all steps) dropped
+    def first_step_only(tape, op_index, saved, stacked_grad, first_input=None):
+        return original(tape, op_index, saved[:1], stacked_grad[:1])  # first_input (all steps) dropped
 
     monkeypatch.setattr(scan_module, "deferred_gradients", first_step_only)
     red(check_scan_equals_loop, long_enough(scan_cases()))
@@ -1446,8 +1460,8 @@ def test_a_gradient_two_deferred_ops_share_is_copied_once_per_step(monkeypatch) 
     made = []
     original = scan_module.DeferredSums.collect
 
-    def collect(self, op_index, t, ctx, grad):
-        original(self, op_index, t, ctx, grad)
+    def collect(self, op_index, t, saved, grad):
+        original(self, op_index, t, saved, grad)
         made.append(len(self.buffers))
 
     monkeypatch.setattr(scan_module.DeferredSums, "collect", collect)
@@ -1488,10 +1502,8 @@ def test_deferred_sums_stack_the_steps_an_op_got_a_gradient_at_when_they_are_not
     op_index = next(k for k, op in enumerate(loop.tape.ops) if op.deferred)
     inputs = {t: rng.standard_normal((2, 2)) for t in (3, 1, 0)}  # step 2 had no gradient
     grads = {t: rng.standard_normal((2, 3)) for t in inputs}
-    for t in (3, 1, 0):  # the reverse replay's order
-        ctx = scan_module.Context(ops.Linear, np, "cpu")
-        ctx.saved_tensors = (inputs[t], weight.data)
-        deferred.collect(op_index, t, ctx, grads[t])
+    for t in (3, 1, 0):  # the reverse replay's order; Linear saves (x, W)
+        deferred.collect(op_index, t, (inputs[t], weight.data), grads[t])
     deferred.flush()
     want = sum(grads[t].T @ inputs[t] for t in inputs)
     position = next(k for k, captured in enumerate(loop.tape.captured) if captured is weight)

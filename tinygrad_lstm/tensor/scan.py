@@ -19,8 +19,9 @@ each with its Python bookkeeping. ``scan`` records one node for the whole loop:
    once, before the loop.
 2. **replay forward**: the tape runs on raw arrays for the other T - 1 steps (tracing
    ran the first: its results and Contexts are that step's), calling each op's own
-   ``forward`` with a fresh ``Context`` per step, which keeps what the op's ``backward``
-   will need (``checkpoint=k`` keeps only every k-th carry instead).
+   ``forward``; each step keeps what the op's ``backward`` will need: the op's
+   ``Context``, or for most built-ins just the tuple it saved (``checkpoint=k`` keeps
+   only every k-th carry instead).
 3. **replay backward**: the tape's VJPs run in reverse, over time in reverse; the
    carry's gradient flows from step t to step t-1. A loop-invariant weight of a
    ``Linear`` or ``MatMul`` gets its gradient from one VJP call on the stacked steps:
@@ -43,7 +44,7 @@ import builtins
 import collections
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,9 @@ class TapeOp:
         self.records = any(self.needs)  # the op's Context is kept for backward
         self.all_slots = all(slot >= 0 for slot in self.slots)  # no constant among the arguments
         self.invariant_weight = -1  # a Linear's loop-invariant weight slot: its transpose is made once per loop
+        # A built-in op whose forward wrote nothing to its Context but saved_tensors: in a
+        # loop, its Context is one scratch object for all steps (see forward_loop_source).
+        self.saves_only = False
 
 
 @dataclass
@@ -233,6 +237,7 @@ class Tracer:
             cls, target.name, tuple(slots), tuple(constants), dict(kwargs), tuple(output_slots),
             multi_output, needs_tuple, wrap_scalars, grad_enabled, step_needs=needs_tuple,
         )  # fmt: skip
+        op.saves_only = cls.__module__ == ops.__name__ and not ctx.__dict__ and ctx.output_device == ctx.device
         self.ops.append(op)
         self.contexts[id(op)] = ctx
         return tuple(results) if multi_output else results[0]
@@ -295,8 +300,12 @@ def forward_source(tape: Tape, keep: bool) -> str:
     return "\n".join(lines)
 
 
-def forward_body(tape: Tape, indent: str) -> list[str]:
-    """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order."""
+def forward_body(tape: Tape, indent: str, scratch: Collection[int] = ()) -> list[str]:
+    """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order.
+
+    The ops of ``scratch`` (indices) use a Context made before these lines (one for every
+    step of a loop): they only reset its ``saved_tensors``.
+    """
     lines = []
     for index, op in enumerate(tape.ops):
         arguments = [f"v{slot}" if slot >= 0 else f"const{index}_{i}" for i, slot in enumerate(op.slots)]
@@ -307,7 +316,8 @@ def forward_body(tape: Tape, indent: str) -> list[str]:
         results = ", ".join(f"v{slot}" for slot in op.outputs) + (
             "," if op.multi_output and len(op.outputs) == 1 else ""
         )
-        lines.append(f"{indent}c{index} = new(context{index}); c{index}.saved_tensors = ()")
+        made = "" if index in scratch else f"c{index} = new(context{index}); "
+        lines.append(f"{indent}{made}c{index}.saved_tensors = ()")
         lines.append(f"{indent}{results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
             lines.extend(f"{indent}v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
@@ -317,6 +327,29 @@ def forward_body(tape: Tape, indent: str) -> list[str]:
 def kept_contexts(tape: Tape) -> list[str]:
     """The names of the Contexts a step keeps for backward: those of the ops that record, in tape order."""
     return [f"c{index}" for index, op in enumerate(tape.ops) if op.records]
+
+
+def scratch_contexts(tape: Tape, keep: bool) -> set[int]:
+    """The ops whose Context a loop makes once, for all its steps: built-ins it need not keep per step.
+
+    That is a built-in op backward does not need (``keep`` off, or an op that does not
+    record), or one whose forward writes nothing to its Context but ``saved_tensors``
+    (``saves_only``): of that one a step keeps just the saved tuple.
+    """
+    return {
+        index
+        for index, op in enumerate(tape.ops)
+        if op.saves_only or (op.function.__module__ == ops.__name__ and not (keep and op.records))
+    }
+
+
+def kept_records(tape: Tape) -> list[str]:
+    """What a loop's step keeps of each op that records, in tape order: its Context, or its saved tuple.
+
+    The same expressions are the targets the reverse replay unpacks a step's record into.
+    """
+    recording = [(index, op) for index, op in enumerate(tape.ops) if op.records]
+    return [f"c{index}.saved_tensors" if op.saves_only else f"c{index}" for index, op in recording]
 
 
 def run_forward(
@@ -587,26 +620,27 @@ def mark_deferred(tape: Tape) -> None:
 def deferred_gradients(
     tape: Tape,
     op_index: int,
-    contexts: list[Context],
+    saved: list[tuple[Any, ...]],
     stacked_grad: Any,
     first_input: Any = None,
 ) -> list[tuple[int, Any]]:
-    """Gradients of one op's deferred inputs over some steps: its Context and output gradient at each.
+    """Gradients of one op's deferred inputs over some steps, from what it saved and its output gradient at each.
 
     Calls the op's own VJP once, on the first input and the output gradient of every
     step stacked along a new leading axis (rows of one matrix for ``MatMul``).
-    ``stacked_grad`` is those output gradients, stacked in the order of ``contexts``;
-    ``first_input``, when the caller has it, is the first inputs of these steps already
-    stacked (a slice of xs or ys); otherwise they are stacked from the Contexts.
+    ``saved`` holds the op's ``saved_tensors`` at each step; ``stacked_grad`` is the
+    output gradients, stacked in the same order; ``first_input``, when the caller has
+    it, is the first inputs of these steps already stacked (a slice of xs or ys);
+    otherwise they are stacked from ``saved``.
     """
     op = tape.ops[op_index]
     if first_input is None:
-        first_input = stack_steps(tape.xp, [ctx.saved_tensors[0] for ctx in contexts])
+        first_input = stack_steps(tape.xp, [arrays[0] for arrays in saved])
     if op.function is ops.MatMul:  # 2-D rows of every step, one below the other
         first_input = first_input.reshape(-1, first_input.shape[-1])
         stacked_grad = stacked_grad.reshape(-1, stacked_grad.shape[-1])
     ctx = Context(op.function, tape.xp, op.device)
-    ctx.saved_tensors = (first_input, *contexts[0].saved_tensors[1:])
+    ctx.saved_tensors = (first_input, *saved[0][1:])
     ctx.needs_input_grad = tuple(i in op.deferred for i in range(len(op.slots)))
     input_grads = op.function.backward(ctx, stacked_grad)
     result = []
@@ -639,7 +673,7 @@ class DeferredSums:
         self.rows.update(carry_rows)
         self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
         self.first, self.count = 0, 0  # the block: steps first .. first + count - 1
-        self.pending: dict[int, list[tuple[int, Context, Any]]] = {}  # op -> (t, Context, its buffer)
+        self.pending: dict[int, list[tuple[int, tuple, Any]]] = {}  # op -> (t, its saved arrays, its buffer)
         self.buffers: dict[int, Any] = {}  # op -> its block buffer, made at its first own copy
         self.latest: tuple[int, Any, Any] | None = None  # (t, array, buffer) of the last copy
 
@@ -648,8 +682,8 @@ class DeferredSums:
         self.first, self.count = min(times), len(times)
         self.buffers.clear()
 
-    def collect(self, op_index: int, t: int, ctx: Context, grad: Any) -> None:
-        """Copy the output gradient of op ``op_index`` at step ``t`` into its block buffer, keep its Context."""
+    def collect(self, op_index: int, t: int, saved: tuple, grad: Any) -> None:
+        """Copy the output gradient of op ``op_index`` at step ``t`` into its block buffer, keep what it saved."""
         latest = self.latest
         if latest is not None and latest[0] == t and latest[1] is grad:
             buffer = latest[2]  # another op's gradient at this step, the same array: copied already
@@ -659,20 +693,20 @@ class DeferredSums:
                 buffer = self.buffers[op_index] = self.tape.xp.empty((self.count, *grad.shape), dtype=grad.dtype)
             buffer[t - self.first] = grad
             self.latest = (t, grad, buffer)
-        self.pending.setdefault(op_index, []).append((t, ctx, buffer))
+        self.pending.setdefault(op_index, []).append((t, saved, buffer))
 
     def flush(self) -> None:
         for op_index, entries in self.pending.items():
             if entries[0][0] > entries[-1][0]:  # collected in visiting order, backward: ascending time, as rows of xs
                 entries.reverse()
             first_input = self._rows_slice(op_index, entries)
-            contexts = [ctx for _, ctx, _ in entries]
-            for slot, grad in deferred_gradients(self.tape, op_index, contexts, self._grads(entries), first_input):
+            saved = [arrays for _, arrays, _ in entries]
+            for slot, grad in deferred_gradients(self.tape, op_index, saved, self._grads(entries), first_input):
                 self.captured.add(self.position_of[slot], grad)
         self.pending.clear()
         self.latest = None
 
-    def _grads(self, entries: list[tuple[int, Context, Any]]) -> Any:
+    def _grads(self, entries: list[tuple[int, tuple, Any]]) -> Any:
         """The output gradients of these steps (ascending time), stacked: a slice of one buffer, if they share it."""
         buffer = entries[0][2]
         start = entries[0][0] - self.first
@@ -680,7 +714,7 @@ class DeferredSums:
             return buffer[start : start + len(entries)]
         return stack_steps(self.tape.xp, [entry[2][entry[0] - self.first] for entry in entries])  # (a step without one)
 
-    def _rows_slice(self, op_index: int, entries: list[tuple[int, Context, Any]]) -> Any:
+    def _rows_slice(self, op_index: int, entries: list[tuple[int, tuple, Any]]) -> Any:
         """The op's first inputs over these steps, stacked, from an array the loop holds; else None.
 
         That is ``array[first + shift : last + shift + 1]`` when the first input is a row
@@ -742,9 +776,9 @@ class Loop:
     checkpoint: int | None
     keep: bool  # some input wants a gradient: keep what backward needs
     replays: dict[str, Callable] = field(default_factory=dict)
-    # The first step as tracing computed it, (its Contexts, carry, y): the next forward
+    # The first step as tracing computed it, (its record, carry, y): the next forward
     # starts from there instead of running that step again (see traced_first_step).
-    first_step: tuple[tuple[Context, ...], list[Any], list[Any]] | None = None
+    first_step: tuple[tuple[Any, ...], list[Any], list[Any]] | None = None
 
     @property
     def order(self) -> range:
@@ -841,18 +875,18 @@ class Loop:
         visits: range,
         keep: bool,
         ys: list[Any] | None = None,
-    ) -> tuple[list[Any], list[tuple[Context, ...]], list[list[Any]]]:
-        """Replay the steps of ``visits`` from ``carry``: (final carry, each step's Contexts, each kept carry).
+    ) -> tuple[list[Any], list[tuple[Any, ...]], list[list[Any]]]:
+        """Replay the steps of ``visits`` from ``carry``: (final carry, each step's record, each kept carry).
 
         ``values`` holds the implicit inputs in their slots; y parts are written into the
-        ``ys`` buffers (see :func:`forward_loop_source`). Contexts are kept when ``keep``;
+        ``ys`` buffers (see :func:`forward_loop_source`). Records are kept when ``keep``;
         with checkpointing, the carry at every k-th visit is kept instead: the steps run
         one segment at a time, each from its kept carry.
         """
         forward = self.replay("forward_keep" if keep else "forward")
         transposed = self.transposed_weights(values)
         order, checkpoint = self.order, self.checkpoint if self.keep else None
-        steps: list[tuple[Context, ...]] = []
+        steps: list[tuple[Any, ...]] = []
         checkpoints = []
         size = checkpoint or len(visits)
         for start in range(visits.start, visits.stop, size):
@@ -867,8 +901,11 @@ class Loop:
 #
 # A Scan replays its step T times. The loop over the steps is generated too, around the
 # step's lines: the carry passes from one step to the next in local variables, x_t is
-# read as a row of xs, y_t written into its row of ys, and the step's Contexts kept as a
-# tuple, with no call, list or slot lookup per step between the ops.
+# read as a row of xs, y_t written into its row of ys, and what backward needs of the
+# step kept as one tuple, with no call, list or slot lookup per step between the ops.
+# Most built-in ops write nothing to their Context but ``saved_tensors``: such an op gets
+# one Context for all the steps, and a step keeps only its saved tuple (no Python
+# object per op and step, which also spares the garbage collector T·ops objects to scan).
 
 
 def forward_loop_source(loop: Loop, keep: bool) -> str:
@@ -878,7 +915,9 @@ def forward_loop_source(loop: Loop, keep: bool) -> str:
     first step. Each step's y parts go into their rows of the ``ys`` buffers (unless
     ``ys`` is None), and the step goes on with the buffer's row in place of its own
     array, so a y that is also the carry, or saved by the next step, is kept once. With
-    ``keep``, each step's Contexts are appended to ``steps`` as a tuple. Returns the carry.
+    ``keep``, each step's record is appended to ``steps``: a tuple holding, for each op
+    that records, its Context or (``saves_only``) its saved tuple (:func:`kept_records`).
+    Returns the carry.
     """
     tape = loop.tape
     lines = ["def forward(values, carry, xs, ys, transposed, times, steps):"]
@@ -890,16 +929,17 @@ def forward_loop_source(loop: Loop, keep: bool) -> str:
         lines.append(
             f"    {_names('ys', range(len(loop.y_out)))} = ys if ys is not None else {(None,) * len(loop.y_out)}"
         )
+    scratch = scratch_contexts(tape, keep)
+    lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in sorted(scratch))
     lines.append("    for t in times:")
     lines.extend(f"        v{slot} = xs{k}[t]" for k, slot in enumerate(loop.x_in))
-    lines.extend(forward_body(tape, "        "))
+    lines.extend(forward_body(tape, "        ", scratch))
     if loop.y_out:
         lines.append("        if ys is not None:")
         for k, slot in enumerate(loop.y_out):
             lines.append(f"            ys{k}[t] = v{slot}; v{slot} = ys{k}[t]")
     if keep:
-        kept = kept_contexts(tape)
-        lines.append(f"        steps.append(({''.join(f'{name}, ' for name in kept)}))")
+        lines.append(f"        steps.append(({''.join(f'{record}, ' for record in kept_records(tape))}))")
     lines.append(f"        {_names('v', loop.carry_in)} = {_names('v', loop.carry_out)}")
     lines.append(f"    return [{', '.join(f'v{slot}' for slot in loop.carry_in)}]")
     return "\n".join(lines)
@@ -909,16 +949,20 @@ def backward_loop_source(loop: Loop) -> str:
     """The source of ``backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release)``.
 
     For each visit of ``visits`` (in the order given: last step first), the VJPs of
-    step ``t = order[visit]`` run on its Contexts ``steps[visit - offset]``, seeded with
+    step ``t = order[visit]`` run on its record ``steps[visit - offset]`` (each saved
+    tuple put back into its op's one Context first), seeded with
     the carry's gradient from the step after it and ``ys_grads[k][t]``. Then x_t's
     gradient is written at row t of its ``xs_grads`` buffer (zero where none reached
     it), an implicit input's gradient from this step goes to ``add(position, grad)``,
-    and an op with deferred inputs hands ``collect(op_index, t, ctx, grad)`` its output
-    gradient. ``release`` drops each step's Contexts once used. Returns the carry's gradient.
+    and an op with deferred inputs hands ``collect(op_index, t, saved, grad)`` what it
+    saved and its output gradient. ``release`` drops each step's record once used.
+    Returns the carry's gradient.
     """
     tape = loop.tape
-    kept = kept_contexts(tape)
+    kept = kept_records(tape)
     lines = ["def backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release):"]
+    scratch = [index for index, op in enumerate(tape.ops) if op.saves_only and op.records]
+    lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in scratch)
     lines.append(f"    {_names('k', range(len(loop.carry_in)))} = carry_grads")
     if loop.y_out:
         lines.append(f"    {_names('yg', range(len(loop.y_out)))} = ys_grads")
@@ -941,7 +985,8 @@ def backward_loop_source(loop: Loop) -> str:
     for k, slot in enumerate(loop.y_out):
         lines.append(f"        if yg{k} is not None:")
         lines.append(f"            a = yg{k}[t]; g{slot} = a if g{slot} is None else g{slot} + a")
-    lines.extend(vjp_body(tape, "        ", "collect({index}, t, c{index}, {given})", set(loop.carry_out + loop.y_out)))
+    collect = "collect({index}, t, c{index}.saved_tensors, {given})"
+    lines.extend(vjp_body(tape, "        ", collect, set(loop.carry_out + loop.y_out)))
     for k, slot in enumerate(loop.x_in):
         lines.append(f"        if xg{k} is not None: xg{k}[t] = 0 if g{slot} is None else g{slot}")
     for position, slot in loop.per_step_captured():
@@ -987,7 +1032,7 @@ class Scan(Function):
             ctx.loop, ctx.steps, ctx.checkpoints, ctx.carry_rows = loop, steps, checkpoints, carry_rows
             if loop.checkpoint is not None:
                 ctx.inputs = arrays  # recomputation replays from them
-            # The steps' Contexts hold these arrays (or views of them): declared, so that
+            # The steps' records hold these arrays (or views of them): declared, so that
             # backward refuses to run if one is changed in place in the meantime.
             ctx.save_for_backward(*arrays, *ys)
         return (*carry, *ys)
@@ -1015,7 +1060,7 @@ class Scan(Function):
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
                 contexts = ctx.steps
-            else:  # replay this segment's steps again from its kept carry, keeping their Contexts
+            else:  # replay this segment's steps again from its kept carry, keeping their records
                 values = loop.fresh_values(ctx.inputs[carry_count + x_count :])
                 xs = ctx.inputs[carry_count : carry_count + x_count]
                 _, contexts, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
@@ -1154,21 +1199,22 @@ def carry_requires_needed(tracer: Tracer, carry_in: list[int], carry_out: list[i
 
 def traced_first_step(
     tracer: Tracer, tape: Tape, carry: list[Tensor], y: list[Tensor]
-) -> tuple[tuple[Context, ...], list[Any], list[Any]]:
-    """The first step of the loop as tracing computed it: the Contexts backward will need, the carry, y.
+) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
+    """The first step of the loop as tracing computed it: the record backward will need, the carry, y.
 
     Tracing runs ``fn`` on the first step's real values, through each op's own
     ``forward``: its Contexts hold what a replayed first step would keep, and its
     results are that step's. So the forward replay starts at the second step. Each
-    Context gets the op's ``step_needs`` (deferred inputs left out), as a replay's would.
+    Context gets the op's ``step_needs`` (deferred inputs left out), as a replay's would,
+    and the step's record holds it as a replayed step's would (:func:`kept_records`).
     """
-    contexts = []
+    records = []
     for op in tape.ops:
         if op.records:
             ctx = tracer.contexts[id(op)]
             ctx.needs_input_grad = op.step_needs
-            contexts.append(ctx)
-    return tuple(contexts), [part.data for part in carry], [part.data for part in y]
+            records.append(ctx.saved_tensors if op.saves_only else ctx)  # as kept_records
+    return tuple(records), [part.data for part in carry], [part.data for part in y]
 
 
 def _scan_length(x_parts: list[Tensor] | None, length: int | None) -> int:
