@@ -1017,7 +1017,8 @@ class Scan(Function):
         xs = arrays[carry_count : carry_count + x_count]
         values = loop.fresh_values(arrays[carry_count + x_count :])
         keep_steps = loop.keep and loop.checkpoint is None
-        ys, carry_rows = loop.y_buffers(arrays[:carry_count], with_initial=keep_steps)
+        # (with checkpoints too: a segment's recomputed steps reproduce those rows)
+        ys, carry_rows = loop.y_buffers(arrays[:carry_count], with_initial=loop.keep)
         carry, visits, first = list(arrays[:carry_count]), range(loop.length), []
         traced, loop.first_step = loop.first_step, None  # (used once: a later call has other inputs)
         if traced is not None:  # tracing ran the first step already: go on from its results
