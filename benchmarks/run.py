@@ -21,13 +21,15 @@ the same forward and backward arithmetic: it measures the engine's per-op cost.
 
 Method: one warm-up call per contender (the first call of a compiled contender traces),
 then one timed call that picks how many calls one timed sample makes, so that a sample
-lasts at least --min-sample-ms, then --rounds rounds in which
-every contender is timed once, the order rotating between rounds; the figure reported
-is the median. Peak memory is measured afterwards, on fresh instances, one step each
-under tracemalloc (which sees NumPy's allocations but not PyTorch's; on CUDA, CuPy's
-pool and torch.cuda are asked instead). BLAS thread counts are fixed (--threads,
-default 1) through the environment before NumPy loads: the script re-executes itself
-once if they were not already set.
+lasts at least --min-sample-ms, then --rounds rounds in which every contender is timed
+once, the order rotating between rounds; the figure reported is the median, and the
+target verdicts use the ratio of medians. The table also gives the lowest and highest
+ratio of one round's two samples ("rounds × ref"): on a shared or throttled machine it
+shows how far a verdict can be trusted. Peak memory is measured afterwards, on fresh
+instances, one step each under tracemalloc (which sees NumPy's allocations but not
+PyTorch's; on CUDA, CuPy's pool and torch.cuda are asked instead). BLAS thread counts
+are fixed (--threads, default 1) through the environment before NumPy loads: the script
+re-executes itself once if they were not already set.
 """
 
 from __future__ import annotations
@@ -536,6 +538,7 @@ def run_workload(workload: Workload, args: argparse.Namespace, device: Device) -
     for row in rows.values():
         row["time_ratio"] = _ratio(row.get("median_ms"), reference.get("median_ms"))
         row["memory_ratio"] = _ratio(row.get("peak_mib"), reference.get("peak_mib"))
+        row["round_ratios"] = _round_ratios(row.get("times_ms"), reference.get("times_ms"))
     _check_losses(workload, rows)
     return list(rows.values())
 
@@ -544,6 +547,13 @@ def _ratio(value: float | None, base: float | None) -> float | None:
     if value is None or not base:
         return None
     return value / base
+
+
+def _round_ratios(times: list[float] | None, reference: list[float] | None) -> list[float] | None:
+    """The contender's sample over the reference's, round by round: how much the ratio moves between rounds."""
+    if not times or not reference or len(times) != len(reference):
+        return None
+    return [round(mine / theirs, 4) for mine, theirs in zip(times, reference)]
 
 
 def _check_losses(workload: Workload, rows: dict[str, dict]) -> None:
@@ -656,6 +666,11 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _spread(ratios: list[float] | None) -> str:
+    """The lowest and highest per-round time ratio, ``0.95–1.41``."""
+    return "—" if not ratios else f"{min(ratios):.2f}–{max(ratios):.2f}"
+
+
 def _target_cell(verdicts: dict, workload: str, metric: str, contender: str) -> str:
     verdict = verdicts.get((workload, metric, contender))
     if verdict is None:
@@ -671,10 +686,12 @@ def markdown_report(meta: dict, results: list[dict], verdicts: list[dict]) -> st
         f"OPENBLAS_CORETYPE={meta['OPENBLAS_CORETYPE'] or '(unset)'}",
         f"BLAS: {meta['blas']}",
         f"{meta['rounds']} rounds, median; samples of at least {meta['min_sample_ms']} ms; "
-        "ratios are contender / numpy-ref; peak = extra memory of one step (tracemalloc)",
+        "ratios are contender / numpy-ref (median over median; 'rounds × ref': the lowest and highest "
+        "ratio of one round's samples); peak = extra memory of one step (tracemalloc)",
         "",
-        "| workload | T×B×I×H | contender | median ms | × ref | time target | peak MiB | × ref | memory target |",
-        "|---|---|---|---:|---:|---|---:|---:|---|",
+        "| workload | T×B×I×H | contender | median ms | × ref | rounds × ref | time target | peak MiB | × ref "
+        "| memory target |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
     by_target = {(v["workload"], v["metric"], v["contender"]): v for v in verdicts}
     for row in results:
@@ -687,13 +704,14 @@ def markdown_report(meta: dict, results: list[dict], verdicts: list[dict]) -> st
         name = row["workload"]
         if row["status"] != "ok":
             status = f"{row['status']}: {row.get('reason', '')}".replace("|", "/")
-            lines.append(f"| {name} | {shape} | {row['contender']} | {status} | | | | | |")
+            lines.append(f"| {name} | {shape} | {row['contender']} | {status} | | | | | | |")
             continue
         time_ratio = row.get("time_ratio")
         memory_ratio = row.get("memory_ratio")
         lines.append(
             f"| {name} | {shape} | {row['contender']} | {_number(row['median_ms'])} | "
             f"{_number(time_ratio)}{'×' if time_ratio is not None else ''} | "
+            f"{_spread(row.get('round_ratios'))} | "
             f"{_target_cell(by_target, name, 'time', row['contender'])} | "
             f"{_number(row.get('peak_mib'))} | "
             f"{_number(memory_ratio)}{'×' if memory_ratio is not None else ''} | "

@@ -33,11 +33,14 @@ def test_quick_benchmark_run_writes_json(tmp_path):
         assert MEASURED_FIELDS <= set(reference), reference
         assert reference["median_ms"] > 0 and reference["peak_mib"] > 0
         assert reference["time_ratio"] == 1.0 and reference["memory_ratio"] == 1.0
+        assert reference["round_ratios"] == [1.0] * report["meta"]["rounds"]
         ours = rows[(workload, "ours")]
         assert ROW_FIELDS <= set(ours)
         if ours["status"] == "ok":
             assert MEASURED_FIELDS <= set(ours), ours
             assert ours["loss_agrees_with_reference"], ours
+            assert len(ours["round_ratios"]) == report["meta"]["rounds"]
+            assert all(ratio > 0 for ratio in ours["round_ratios"])
         else:  # only acceptable while the layers are still being written
             assert ours["status"] == "skipped" and "not available yet" in ours["reason"], ours
 
