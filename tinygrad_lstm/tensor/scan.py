@@ -961,7 +961,7 @@ def backward_loop_source(loop: Loop) -> str:
     tape = loop.tape
     kept = kept_records(tape)
     lines = ["def backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release):"]
-    scratch = [index for index, op in enumerate(tape.ops) if op.saves_only and op.records]
+    scratch = sorted(scratch_contexts(tape, keep=True) & {index for index, op in enumerate(tape.ops) if op.records})
     lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in scratch)
     lines.append(f"    {_names('k', range(len(loop.carry_in)))} = carry_grads")
     if loop.y_out:
@@ -1022,9 +1022,9 @@ class Scan(Function):
         carry, visits, first = list(arrays[:carry_count]), range(loop.length), []
         traced, loop.first_step = loop.first_step, None  # (used once: a later call has other inputs)
         if traced is not None:  # tracing ran the first step already: go on from its results
-            contexts, traced_carry, traced_y = traced
+            record, traced_carry, traced_y = traced
             carry, visits = loop.take_first_step(traced_carry, traced_y, ys), range(1, loop.length)
-            first = [contexts] if keep_steps else []
+            first = [record] if keep_steps else []
         steps, checkpoints = [], []
         if visits:
             carry, steps, checkpoints = loop.run(values, carry, xs, visits, keep_steps, ys)
@@ -1060,18 +1060,18 @@ class Scan(Function):
 
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
-                contexts = ctx.steps
+                records = ctx.steps
             else:  # replay this segment's steps again from its kept carry, keeping their records
                 values = loop.fresh_values(ctx.inputs[carry_count + x_count :])
                 xs = ctx.inputs[carry_count : carry_count + x_count]
-                _, contexts, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
-            offset = 0 if loop.checkpoint is None else start  # contexts[visit - offset] is visit's
+                _, records, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
+            offset = 0 if loop.checkpoint is None else start  # records[visit - offset] is visit's
             for block_stop in range(stop, start, -block):  # the deferred sums are flushed per block
                 block_start = max(block_stop - block, start)
                 deferred.start_block(order[block_start:block_stop])  # the times of these visits
                 visits = range(block_stop - 1, block_start - 1, -1)
                 carry_grads = backward(
-                    contexts, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred.collect,
+                    records, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred.collect,
                     captured.add, release,
                 )  # fmt: skip
                 deferred.flush()
