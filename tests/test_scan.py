@@ -17,6 +17,7 @@ import importlib
 import itertools
 import math
 import re
+import sys
 import threading
 import tracemalloc
 import types
@@ -740,6 +741,103 @@ def test_gradcheck_passes_through_compile() -> None:
     assert gradcheck(compiled, (x, *model.parameters()))  # replayed, not traced again
 
 
+def test_a_compiled_replay_leaves_its_shared_contexts_empty() -> None:
+    """The Contexts a compiled function's replays reuse from call to call hold no array once a
+    replay is done, so nothing of one call stays alive until the next."""
+    fn, weight, rng = compile_function_problem(4)
+    compiled = tl.compile(fn)
+    x, y = tensor(rng, 2, 3), tensor(rng, 2, 4)
+    for _call in range(2):
+        hidden, (total, mean) = compiled(x, y, 2.0)
+        (hidden.sum() + total.sum() + mean).backward()
+    with tl.no_grad():
+        compiled(x, y, 2.0)  # a trace of its own, without a graph: its replay keeps nothing
+    training, inference = compiled.traces.values()
+    assert training.keep and not inference.keep
+    kinds = {"forward_keep": training.tape, "backward": training.tape, "forward": inference.tape}
+    for kind, its_tape in kinds.items():
+        shared = its_tape.shared_contexts(kind)
+        assert shared, kind  # the ops of this function are built-ins that save only
+        assert all(ctx.saved_tensors == () for ctx in shared), kind
+
+
+def test_threads_calling_one_compiled_function_at_once_get_their_own_gradients() -> None:
+    """Two threads replay the same trace at once, switching threads every few bytecodes: each
+    gets its own shared Contexts, so no VJP runs on the other thread's saved arrays."""
+    fn, weight, rng = compile_function_problem(5)
+    compiled = tl.compile(fn)
+    compiled(tensor(rng, 2, 3), tensor(rng, 2, 4), 1.5)  # traced here, replayed in the threads
+    inputs = [(tensor(rng, 2, 3), tensor(rng, 2, 4)) for _thread in range(2)]
+    wanted = [values_and_gradients(lambda x=x, y=y: fn(x, y, 1.5), [x, y]) for x, y in inputs]
+    failures: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def run(x: tl.Tensor, y: tl.Tensor, want: tuple) -> None:
+        start.wait()
+        try:
+            for _call in range(30):
+                assert_same(values_and_gradients(lambda: compiled(x, y, 1.5), [x, y]), want, ["x", "y"])
+        except BaseException as failure:  # noqa: BLE001  (reported by the main thread)
+            failures.append(failure)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(*xy, want)) for xy, want in zip(inputs, wanted)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures[0]
+    assert len(compiled.traces) == 1
+
+
+def test_a_users_function_may_call_the_compiled_function_it_is_part_of() -> None:
+    """A user's op inside a compiled function calls that very function from its forward and
+    its backward: the inner replays reuse the shared Contexts the outer one is using, which
+    must not change what the outer one saved."""
+    rng = np.random.default_rng(6)
+    weight = tensor(rng, 4)
+    depth, calls = [], []
+
+    def fn(x):
+        return ((x * weight).tanh() * Reentering.apply(x.sigmoid())).sigmoid() * x
+
+    class Reentering(tl.Function):
+        """y = 3x, calling ``fn`` once more in forward and in backward (at the outer call only)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            call_again(x * 0.5)
+            return 3 * x
+
+        @staticmethod
+        def backward(ctx, g):
+            call_again(g + 0.25)
+            return 3 * g
+
+    def call_again(array) -> None:
+        """A whole forward and backward of the compiled function, from within one of its replays."""
+        if depth or function.active_tracer() is not None:  # (not while tracing it, nor from the inner call)
+            return
+        depth.append(1)
+        with tl.set_grad_enabled(True):  # (backward runs VJPs with grad mode off)
+            inner = tl.Tensor(array, requires_grad=True)
+            compiled_fn(inner).sum().backward()
+        depth.pop()
+        calls.append(inner.grad is not None)
+
+    compiled_fn = tl.compile(fn)
+    for _call in range(3):
+        x = tensor(rng, 4)
+        got = values_and_gradients(lambda x=x: compiled_fn(x), [x, weight])
+        want = values_and_gradients(lambda x=x: fn(x), [x, weight])
+        assert_same(got, want, ["x", "weight"])
+    assert len(calls) >= 8 and all(calls)  # it did call itself, from forward and from backward
+
+
 # ======================================================================== canaries
 #
 # The reverse replay is gradient code: which VJP sees which gradient, in which order,
@@ -808,7 +906,7 @@ def test_edited_replays_are_the_replays_that_run(monkeypatch) -> None:
     green(check_layer_compiled_equals_eager, layer_cases())
     test_compile_of_a_module_equals_the_module_and_reads_parameters_afresh()
     assert any("for visit in visits:" in source for source in edited)
-    assert any(source.startswith("def backward(contexts, grads, on_deferred):") for source in edited)
+    assert any(source.startswith("def backward(records, grads, on_deferred, shared):") for source in edited)
 
 
 def test_canary_a_skipped_backward_step_is_caught(monkeypatch) -> None:
@@ -883,6 +981,30 @@ def test_canary_vjps_on_the_records_of_the_step_before_are_caught(monkeypatch) -
     red(check_scan_equals_loop, long_enough(scan_cases()))
     red(check_layer_compiled_equals_eager, long_enough(layer_cases()))
     assert any("# planted" in source for source in edited)
+
+
+def test_canary_a_compiled_call_whose_vjps_trade_records_is_caught(monkeypatch) -> None:
+    """In a compiled function's reverse replay, the Tanh and the Sigmoid VJP each get the other's
+    saved output put back into their shared Context (both are (2, 4))."""
+
+    def swap(source: str) -> str:
+        restores = dict(re.findall(r"# (Tanh|Sigmoid)\n\s+c\d+\.saved_tensors = (s\d+)\n", source))
+        if set(restores) != {"Tanh", "Sigmoid"}:
+            return source
+        tanh, sigmoid = restores["Tanh"], restores["Sigmoid"]
+        traded = {
+            f"saved_tensors = {tanh}\n": f"saved_tensors = {sigmoid}\n",
+            f"saved_tensors = {sigmoid}\n": f"saved_tensors = {tanh}\n",
+        }
+        return (
+            re.sub(f"saved_tensors = ({tanh}|{sigmoid})\n", lambda match: traded[match.group(0)], source)
+            + "  # planted"
+        )
+
+    edited = edit_backward_replays(monkeypatch, swap)
+    with pytest.raises(AssertionError):
+        test_compile_of_a_function_equals_calling_it()
+    assert any(source.endswith("# planted") for source in edited)
 
 
 def test_canary_a_wrong_primitive_vjp_is_caught_by_gradcheck_through_scan(monkeypatch) -> None:

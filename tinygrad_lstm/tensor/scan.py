@@ -44,6 +44,7 @@ import builtins
 import collections
 import functools
 import math
+import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,8 @@ class Tape:
     output_slots: list[int] = field(default_factory=list)
 
     replays: dict[str, Callable] = field(default_factory=dict)
+    # Per thread and replay kind: the Contexts the replay shares between its calls (see shared_contexts).
+    per_thread: threading.local = field(default_factory=threading.local)
 
     def replay(self, kind: str) -> Callable:
         """The generated replay function "forward", "forward_keep" or "backward" (made once)."""
@@ -115,6 +118,23 @@ class Tape:
         if function is None:
             function = self.replays[kind] = build_replay(self, kind)
         return function
+
+    def shared_contexts(self, kind: str) -> list[Context]:
+        """This thread's Contexts for the ops the replay ``kind`` runs on one Context every call (made once).
+
+        Per thread, so that two threads replaying the same tape never write into one Context.
+        """
+        contexts = getattr(self.per_thread, kind, None)
+        if contexts is None:
+            contexts = [
+                object.__new__(replay_context(self.ops[index].function, self.xp, self.ops[index].device,
+                                              self.ops[index].step_needs))
+                for index in shared_indices(self, kind)
+            ]  # fmt: skip
+            for ctx in contexts:
+                ctx.saved_tensors = ()
+            setattr(self.per_thread, kind, contexts)
+        return contexts
 
     def source(self) -> str:
         """The Python the replay runs per step: forward (keeping what backward needs), then backward."""
@@ -283,28 +303,39 @@ def trace(
 
 
 def forward_source(tape: Tape, keep: bool) -> str:
-    """The source of ``forward(values, transposed)``: every op once, in tape order.
+    """The source of ``forward(values, transposed, shared)``: every op once, in tape order.
 
     It reads its inputs from ``values`` (a list indexed by slot), writes the tape's
-    outputs back there, and with ``keep`` returns the Context of every op backward will
-    visit (in tape order), each holding what its op saved. Each op's Context is an
-    instance of its :func:`replay_context` class, made without calling ``__init__``.
+    outputs back there, and with ``keep`` returns the record of every op backward will
+    visit (in tape order): its Context, or for a ``saves_only`` op the tuple it saved.
+    A Context is an instance of the op's :func:`replay_context` class, made without
+    calling ``__init__``: a fresh one per call for a user's op (``cK = new(contextK)``),
+    and for a built-in one that writes only ``saved_tensors`` one of ``shared``, this
+    thread's Contexts for this replay (:meth:`Tape.shared_contexts`), reused every call.
+    Each op reads its saved tuple back right after its forward (``sK = cK.saved_tensors``),
+    and the shared Contexts are emptied at the end, so they keep no array alive.
     """
-    lines = ["def forward(values, transposed):"]
+    shared = shared_indices(tape, "forward_keep" if keep else "forward")
+    lines = ["def forward(values, transposed, shared):"]
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
         lines.append(f"    v{slot} = values[{slot}]")
-    lines.extend(forward_body(tape, "    "))
+    if shared:
+        lines.append(f"    {_names('c', shared)} = shared")
+    lines.extend(forward_body(tape, "    ", shared, read_saved=keep))
+    if shared:
+        lines.append(f"    {' = '.join(f'c{index}.saved_tensors' for index in shared)} = ()")
     for slot in dict.fromkeys(tape.output_slots):  # a slot that is both carry and y once
         lines.append(f"    values[{slot}] = v{slot}")
-    lines.append(f"    return [{', '.join(kept_contexts(tape))}]" if keep else "    return None")
+    lines.append(f"    return [{', '.join(record_names(tape))}]" if keep else "    return None")
     return "\n".join(lines)
 
 
-def forward_body(tape: Tape, indent: str, scratch: Collection[int] = ()) -> list[str]:
+def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_saved: bool = False) -> list[str]:
     """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order.
 
     The ops of ``scratch`` (indices) use a Context made before these lines (one for every
-    step of a loop): they only reset its ``saved_tensors``.
+    step of a loop, or for every call): they only reset its ``saved_tensors``, and with
+    ``read_saved`` those that record read it back into ``sK`` right after their forward.
     """
     lines = []
     for index, op in enumerate(tape.ops):
@@ -321,12 +352,18 @@ def forward_body(tape: Tape, indent: str, scratch: Collection[int] = ()) -> list
         lines.append(f"{indent}{results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
             lines.extend(f"{indent}v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
+        if read_saved and index in scratch and op.records:
+            lines.append(f"{indent}s{index} = c{index}.saved_tensors")
     return lines
 
 
-def kept_contexts(tape: Tape) -> list[str]:
-    """The names of the Contexts a step keeps for backward: those of the ops that record, in tape order."""
-    return [f"c{index}" for index, op in enumerate(tape.ops) if op.records]
+def record_names(tape: Tape) -> list[str]:
+    """What one call of a compiled tape keeps of each op that records, in tape order: ``sK`` or ``cK``.
+
+    ``sK``, the saved tuple, for a ``saves_only`` op (its Context is shared), else ``cK``,
+    the op's own Context. The reverse replay unpacks the record into the same names.
+    """
+    return [f"s{index}" if op.saves_only else f"c{index}" for index, op in enumerate(tape.ops) if op.records]
 
 
 def scratch_contexts(tape: Tape, keep: bool) -> set[int]:
@@ -343,6 +380,17 @@ def scratch_contexts(tape: Tape, keep: bool) -> set[int]:
     }
 
 
+def shared_indices(tape: Tape, kind: str) -> list[int]:
+    """The ``saves_only`` ops: those a tape's replay ``kind`` runs on a Context made once per thread.
+
+    Their forward writes nothing to the Context but ``saved_tensors``, which the replay
+    reads back and empties, so reusing the Context keeps nothing from one call to the
+    next. The reverse replay needs only those that record (the others have no VJP). (A
+    loop over steps also uses this for its reverse replay: there, one Context per loop.)
+    """
+    return [index for index, op in enumerate(tape.ops) if op.saves_only and (kind != "backward" or op.records)]
+
+
 def kept_records(tape: Tape) -> list[str]:
     """What a loop's step keeps of each op that records, in tape order: its Context, or its saved tuple.
 
@@ -354,21 +402,25 @@ def kept_records(tape: Tape) -> list[str]:
 
 def run_forward(
     tape: Tape, values: list[Any], keep: bool, transposed: dict[int, Any] | None = None
-) -> list[Context] | None:
-    """Run every op of the tape once on the arrays in ``values`` (see :func:`forward_source`).
+) -> list[Any] | None:
+    """Run every op of the tape once on the arrays in ``values``; with ``keep``, return its records.
 
-    ``transposed`` maps the slot of a loop-invariant Linear weight to its contiguous
-    transpose (see ``ops.Linear``).
+    A record per op that records, in tape order: its Context, or the tuple it saved (see
+    :func:`forward_source`). ``transposed`` maps the slot of a loop-invariant Linear
+    weight to its contiguous transpose (see ``ops.Linear``).
     """
-    return tape.replay("forward_keep" if keep else "forward")(values, transposed)
+    kind = "forward_keep" if keep else "forward"
+    return tape.replay(kind)(values, transposed, tape.shared_contexts(kind))
 
 
 # ----------------------------------------------------------------- replay: backward
 
 
 def backward_source(tape: Tape) -> str:
-    """The source of ``backward(contexts, grads, on_deferred)``: the VJPs in reverse tape order.
+    """The source of ``backward(records, grads, on_deferred, shared)``: the VJPs in reverse tape order.
 
+    ``records`` is what the forward replay returned; a saved tuple goes back into its
+    op's shared Context (one of ``shared``, this thread's) right before the op's VJP.
     ``grads`` holds a gradient (or None) per slot, seeded at the tape's outputs; on
     return it holds the gradient of every input slot. After each VJP, an input's
     gradient is summed back to the input's shape and dtype (``fit``: broadcasting is
@@ -376,15 +428,20 @@ def backward_source(tape: Tape) -> str:
     ``on_deferred(op_index, ctx, grad)`` receives the output gradient of each op with
     deferred inputs (their gradient is summed over steps later).
     """
-    lines = ["def backward(contexts, grads, on_deferred):"]
-    kept = kept_contexts(tape)
+    lines = ["def backward(records, grads, on_deferred, shared):"]
+    kept = record_names(tape)
     if kept:
-        lines.append(f"    {', '.join(kept)}, = contexts")
+        lines.append(f"    {', '.join(kept)}, = records")
+    shared = shared_indices(tape, "backward")
+    if shared:
+        lines.append(f"    {_names('c', shared)} = shared")
     seeded = set(tape.output_slots)
     for slot in gradient_slots(tape):
         lines.append(f"    g{slot} = grads[{slot}]" if slot in seeded else f"    g{slot} = None")
     on_deferred = "if on_deferred is not None: on_deferred({index}, c{index}, {given})"
-    lines.extend(vjp_body(tape, "    ", on_deferred, seeded))
+    lines.extend(vjp_body(tape, "    ", on_deferred, seeded, restore=shared))
+    if shared:
+        lines.append(f"    {' = '.join(f'c{index}.saved_tensors' for index in shared)} = ()")
     for slot in sorted(set(tape.input_slots + tape.captured_slots)):
         lines.append(f"    grads[{slot}] = g{slot}")
     return "\n".join(lines)
@@ -401,13 +458,14 @@ def replay_order(tape: Tape) -> list[tuple[int, TapeOp]]:
     return [(index, op) for index, op in reversed(list(enumerate(tape.ops))) if op.records]
 
 
-def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int]) -> list[str]:
+def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int], restore: Collection[int] = ()) -> list[str]:
     """The VJP of every recording op in :func:`replay_order`, each input's gradient summed into its ``gN``.
 
     ``on_deferred`` is the line (a format string of ``index`` and ``given``) that hands
     an op with deferred inputs its output gradient. ``seeded``: the slots whose ``gN``
     may hold a gradient before the first VJP (the outputs'). A slot that no seed and
     only one VJP input reaches takes that gradient as it is, without the test for a sum.
+    The ops of ``restore`` (indices) first put their saved tuple ``sK`` back into ``cK``.
     """
     recording = replay_order(tape)
     reached = collections.Counter(
@@ -422,6 +480,8 @@ def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int]) -> lis
         else:
             condition, given = f"g{op.outputs[0]} is not None", f"g{op.outputs[0]}"
         lines.append(f"{indent}if {condition}:  # {name}")
+        if index in restore:
+            lines.append(f"{indent}    c{index}.saved_tensors = s{index}")
         if op.deferred:
             lines.append(f"{indent}    " + on_deferred.format(index=index, given=given))
         count = len(op.slots)
@@ -470,9 +530,9 @@ def gradient_matches_input(tape: Tape, op: TapeOp, position: int) -> bool:
     return tape.meta[op.slots[position]] == output and dtypes == {output[1]}
 
 
-def run_backward(tape: Tape, contexts: list[Context], grads: list[Any], on_deferred: Callable | None = None) -> None:
-    """Run the VJPs of one replayed step in reverse tape order (see :func:`backward_source`)."""
-    tape.replay("backward")(contexts, grads, on_deferred)
+def run_backward(tape: Tape, records: list[Any], grads: list[Any], on_deferred: Callable | None = None) -> None:
+    """Run the VJPs of one replayed call in reverse tape order, on its ``records`` (see :func:`backward_source`)."""
+    tape.replay("backward")(records, grads, on_deferred, tape.shared_contexts("backward"))
 
 
 def check_arity(input_grads: Any, count: int, name: str) -> tuple:
@@ -961,8 +1021,9 @@ def backward_loop_source(loop: Loop) -> str:
     tape = loop.tape
     kept = kept_records(tape)
     lines = ["def backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release):"]
-    scratch = sorted(scratch_contexts(tape, keep=True) & {index for index, op in enumerate(tape.ops) if op.records})
-    lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in scratch)
+    lines.extend(
+        f"    c{index} = new(context{index})  # one for every step" for index in shared_indices(tape, "backward")
+    )
     lines.append(f"    {_names('k', range(len(loop.carry_in)))} = carry_grads")
     if loop.y_out:
         lines.append(f"    {_names('yg', range(len(loop.y_out)))} = ys_grads")
@@ -1283,10 +1344,10 @@ class Compiled(Function):
         values: list[Any] = [None] * len(tape.meta)
         for slot, array in zip(tape.input_slots + tape.captured_slots, arrays):
             values[slot] = array
-        contexts = run_forward(tape, values, program.keep)
+        records = run_forward(tape, values, program.keep)
         outputs = tuple(values[slot] for slot in tape.output_slots)
         if program.keep:
-            ctx.program, ctx.contexts = program, contexts
+            ctx.program, ctx.records = program, records
             ctx.save_for_backward(*arrays, *outputs)  # what the Contexts may hold: checked before backward
         return outputs
 
@@ -1296,7 +1357,7 @@ class Compiled(Function):
         slot_grads: list[Any] = [None] * len(tape.meta)
         for slot, grad in zip(tape.output_slots, grads):
             _seed(slot_grads, slot, grad)
-        run_backward(tape, ctx.contexts, slot_grads)
+        run_backward(tape, ctx.records, slot_grads)
         return tuple(slot_grads[slot] for slot in tape.input_slots + tape.captured_slots)
 
 
