@@ -88,7 +88,8 @@ def _count_consumers(roots: list[Context]) -> dict[Context, int]:
     stack = list(consumers)
     while stack:
         node = stack.pop()
-        _check_not_freed(node)
+        if node.freed:
+            _refuse_freed(node)
         for edge in node.edges:
             if edge is None or isinstance(edge, Tensor):
                 continue
@@ -103,11 +104,16 @@ def _count_consumers(roots: list[Context]) -> dict[Context, int]:
 
 def _check_not_freed(node: Context) -> None:
     if node.freed:
-        raise RuntimeError(
-            f"backward through the graph a second time: the {node.name} node has already "
-            "freed its saved arrays; pass retain_graph=True to the first backward() "
-            "if you need to backpropagate through it again"
-        )
+        _refuse_freed(node)
+
+
+def _refuse_freed(node: Context) -> None:
+    """The error for a second backward through a node whose saved arrays the first one released."""
+    raise RuntimeError(
+        f"backward through the graph a second time: the {node.name} node has already "
+        "freed its saved arrays; pass retain_graph=True to the first backward() "
+        "if you need to backpropagate through it again"
+    )
 
 
 def _accumulate_into_node(node: Context, index: int, grad: Any, fresh: bool = False) -> None:
@@ -270,7 +276,7 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                 parent, index = edge
                 if grad is not None:
                     shape, dtype = parent.output_meta[index]
-                    if grad.shape != shape or grad.dtype != dtype:
+                    if grad.shape != shape or grad.dtype is not dtype:  # (an equal dtype: fit does nothing)
                         grad = _fit_gradient(grad, shape, dtype, node)
                     _accumulate_into_node(parent, index, grad, fresh)
                 remaining = consumers[parent] - 1
@@ -279,7 +285,7 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                     ready.append(parent)
             elif grad is not None:  # a leaf tensor
                 data = edge.data
-                if grad.shape != data.shape or grad.dtype != data.dtype:
+                if grad.shape != data.shape or grad.dtype is not data.dtype:
                     grad = _fit_gradient(grad, data.shape, data.dtype, node)
                 deliver_to_leaf(edge, grad, fresh)
         if retain_graph:

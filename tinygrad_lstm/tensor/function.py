@@ -136,13 +136,13 @@ class Context:
         "output_meta",
         "multi_output",
         "clock",
+        "freed",  # True once backward released what this node saved
         "__dict__",
     )
 
     # Rarely set, so kept out of the slots: an instance sets them in its __dict__.
     retained = None  # output index -> weakref of a tensor that called retain_grad()
     source = None  # where user code created this node (recorded while localizing)
-    freed = False  # True once backward released what this node saved
     saved_roles = None  # for a user's Function: what each saved array was (see saved_roles)
 
     def __init__(self, function, xp, device):
@@ -152,6 +152,7 @@ class Context:
         self.output_device = device
         self.saved_tensors = ()
         self.clock = in_place_writes.clock
+        self.freed = False
 
     def save_for_backward(self, *arrays: Any) -> None:
         """Keep ``arrays`` until the backward pass has used them."""
@@ -167,8 +168,8 @@ class Context:
         self.edges = ()
         self.grads = None
         self.owned = None
-        self.__dict__.clear()
-        self.freed = True  # after the clear: it lives in __dict__
+        self.__dict__.clear()  # what forward set (an axis, a mask)
+        self.freed = True
 
     def __repr__(self) -> str:
         return f"<{self.name} node>"

@@ -589,7 +589,7 @@ def replay_context(function: type[Function], xp: Any, device: str, needs: tuple[
     written per step.
     """
     fields = {"function": function, "xp": xp, "device": device, "output_device": device}
-    fields.update(needs_input_grad=needs, clock=0, __slots__=())
+    fields.update(needs_input_grad=needs, clock=0, freed=False, __slots__=())
     return type(f"{function.__name__}ReplayContext", (Context,), fields)
 
 

@@ -342,10 +342,13 @@ class Tensor:
         else:
             other = self._operand(other)
             promote = dtype.kind != "f" or (isinstance(other, Tensor) and other.data.dtype is not dtype)
+        left, right = (other, self) if reflected else (self, other)
         if promote:  # mixed or non-float dtypes: PyTorch's rules (one float dtype needs nothing)
-            left, right = _promoted(function, *((other, self) if reflected else (self, other)))
-            return _apply_binary(function, left, right)
-        return _apply_binary(function, other, self) if reflected else _apply_binary(function, self, other)
+            left, right = _promoted(function, left, right)
+        try:  # (_apply_binary, inlined: every arithmetic operator comes this way)
+            return function.apply(left, right)
+        except ValueError as error:
+            raise _broadcast_error(function, left, right, error) from None
 
     def __add__(self, other):
         return self._binary(_ops.Add, other)
@@ -972,11 +975,14 @@ def _apply_binary(function, left: Any, right: Any) -> Tensor:
     try:
         return function.apply(left, right)
     except ValueError as error:
-        left_shape = tuple(getattr(left, "shape", ()))
-        right_shape = tuple(getattr(right, "shape", ()))
-        raise ValueError(
-            f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})"
-        ) from None
+        raise _broadcast_error(function, left, right, error) from None
+
+
+def _broadcast_error(function, left: Any, right: Any, error: ValueError) -> ValueError:
+    """The error for operands of a binary op whose shapes do not broadcast: it names both."""
+    left_shape = tuple(getattr(left, "shape", ()))
+    right_shape = tuple(getattr(right, "shape", ()))
+    return ValueError(f"{function.__name__}: shapes {left_shape} and {right_shape} do not broadcast ({error})")
 
 
 def result_dtype(*operands: Any, true_division: bool = False) -> np.dtype:
