@@ -9,6 +9,7 @@ Profiles (choose with ``TINYGRAD_LSTM_HYPOTHESIS_PROFILE``):
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
@@ -33,6 +34,8 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("TINYGRAD_LSTM_HYPOTHESIS_PROFILE", "ci"))
 
+scan_module = importlib.import_module("tinygrad_lstm.tensor.scan")  # (tl.scan, the function, shadows it)
+
 # Registered at import, so test modules can parametrize over it at collection time.
 STRICT = register_strict_device()
 
@@ -49,3 +52,12 @@ def _restore_default_device():
     device = backend._default_device
     yield
     backend._default_device = device
+
+
+@pytest.fixture(autouse=True)
+def _fresh_generated_loops():
+    """Each test generates its scans' loops anew: a test that edits the code generator (a
+    canary planting a bug) neither reuses loops made before its edit nor leaves its own."""
+    scan_module.generated_loops.clear()
+    yield
+    scan_module.generated_loops.clear()

@@ -838,6 +838,125 @@ def test_a_users_function_may_call_the_compiled_function_it_is_part_of() -> None
     assert len(calls) >= 8 and all(calls)  # it did call itself, from forward and from backward
 
 
+# =========================================================== loops kept by structure
+#
+# A layer traces its step at every call; the loops generated for the first call are
+# kept by the loop's structure and run again. Each test below asks for the loops of one
+# structure after those of another that differs in one thing only, so that a key which
+# missed that thing would hand the second loop the first one's code.
+
+
+def tanh_cell(weight: tl.Tensor, scale: float = 1.0, axis: int | None = None):
+    """A step ``h' = tanh(scale·h W + x [+ Σ_axis x])``: each call a new function, as a layer's."""
+
+    def step(h, x):
+        pre = h @ weight * scale + x
+        if axis is not None:
+            pre = pre + x.sum(axis=axis)  # (for a square x: the same shape for either axis)
+        h = pre.tanh()
+        return h, h
+
+    return step
+
+
+def scan_against_loop(step, init: tl.Tensor, xs: tl.Tensor, leaves: list[tl.Tensor], reverse: bool = False) -> None:
+    """tl.scan(step) equals the loop written out, values and gradients (see assert_same)."""
+    names = [f"leaf {index}" for index in range(len(leaves))]
+
+    def written_out():
+        if not reverse:
+            return written_out_loop(step, init, xs)
+        carry, ys = init, [None] * xs.shape[0]
+        for t in reversed(range(xs.shape[0])):
+            carry, ys[t] = step(carry, xs[t])
+        return carry, tl.stack(ys)
+
+    compiled = values_and_gradients(lambda: tl.scan(step, init, xs, reverse=reverse), leaves)
+    assert_same(compiled, values_and_gradients(written_out, leaves), names)
+
+
+def test_a_scan_called_again_runs_the_loops_generated_for_its_first_call() -> None:
+    rng = np.random.default_rng(0)
+    weight, h0 = tensor(rng, 3, 3), tensor(rng, 2, 3)
+    made = []
+    for _ in range(3):
+        carry, ys = tl.scan(tanh_cell(weight), h0, tensor(rng, 4, 2, 3))  # traced again: a new tape
+        loop = carry.grad_fn.loop
+        projection_loss([carry, ys]).backward()
+        made.append((loop.replay("forward_keep"), loop.replay("backward")))
+    assert made[0][0] is made[1][0] is made[2][0] and made[0][1] is made[1][1] is made[2][1]
+    assert len(scan_module.generated_loops.entries) == 2  # one forward and one backward loop in all
+
+
+def test_a_layer_called_again_generates_no_loop() -> None:
+    layer = nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    x = tl.Tensor(np.random.default_rng(1).normal(size=(5, 2, 3)), dtype=tl.float32)
+    layer(x)[0].sum().backward()
+    generated = dict(scan_module.generated_loops.entries)
+    layer(x)[0].sum().backward()
+    assert scan_module.generated_loops.entries == generated  # the same loops, none more
+
+
+def test_loops_differing_in_a_constant_keyword_shape_or_direction_each_equal_their_loop() -> None:
+    """One after another, without forgetting the loops in between: each gets code of its own
+    where its code differs (a constant, a keyword argument, the shapes), the same where it
+    does not (the direction: the order of the steps is an argument of the loop)."""
+    rng = np.random.default_rng(2)
+    weight, h0 = tensor(rng, 3, 3), tensor(rng, 3, 3)
+    xs = tensor(rng, 4, 3, 3)
+    leaves = [weight, h0, xs]
+    for scale in (0.5, 2.0, -1.0):
+        scan_against_loop(tanh_cell(weight, scale), h0, xs, leaves)
+    for axis in (0, 1):  # x is square: the same shapes, another sum
+        scan_against_loop(tanh_cell(weight, axis=axis), h0, xs, leaves)
+    for reverse in (False, True):
+        scan_against_loop(tanh_cell(weight), h0, xs, leaves, reverse=reverse)
+    wide_h0, wide_xs = tensor(rng, 5, 3), tensor(rng, 4, 5, 3)
+    scan_against_loop(tanh_cell(weight), wide_h0, wide_xs, [weight, wide_h0, wide_xs])
+    # 3 scales, 2 axes, scale 1 (both directions), the wider batch: 7 structures, a forward and a backward loop each
+    assert len(scan_module.generated_loops.entries) == 2 * 7
+
+
+class Doubled(tl.Function):
+    """y = 2x, a user's op (one test below replaces its VJP)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+def test_a_users_vjp_replaced_between_two_calls_is_the_one_the_second_call_runs(monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    weight, h0, xs = tensor(rng, 3, 3), tensor(rng, 2, 3), tensor(rng, 4, 2, 3)
+
+    def step(h, x):
+        h = Doubled.apply(h @ weight + x).tanh()
+        return h, h
+
+    scan_against_loop(step, h0, xs, [weight, h0, xs])
+    monkeypatch.setattr(Doubled, "backward", staticmethod(lambda ctx, g: 3 * g))  # the written-out loop's too
+    scan_against_loop(step, h0, xs, [weight, h0, xs])
+
+
+def test_a_loop_structure_knows_plain_values_exactly_and_other_objects_by_identity() -> None:
+    def key(value):
+        held = []
+        return scan_module._by_value(value, held), held
+
+    assert key(0.0) != key(-0.0) and key(1) != key(1.0) != key(True)
+    assert key(np.float32(1)) != key(np.float64(1)) != key(1.0)
+    assert key((1, slice(None, 2))) == key((1, slice(None, 2))) != key((1, slice(None, 3)))
+    assert key({"axis": 0})[0] != key({"axis": 1})[0]
+    array = np.zeros(3)
+    (array_key, held) = key([array])
+    assert held == [array] and held[0] is array  # kept alive with the key: its identity stays its own
+    assert array_key != key([np.zeros(3)])[0]  # an equal array, another object: another key
+
+
 # ======================================================================== canaries
 #
 # The reverse replay is gradient code: which VJP sees which gradient, in which order,
@@ -1529,22 +1648,13 @@ def test_the_replay_checks_a_primitive_gradient_only_where_it_might_not_fit() ->
 
 
 def test_the_replay_checks_every_gradient_of_a_users_function() -> None:
-    class Twice(tl.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return 2 * x
-
-        @staticmethod
-        def backward(ctx, g):
-            return 2 * g
-
     def step(h, x):
-        h = Twice.apply(h * x).tanh()
+        h = Doubled.apply(h * x).tanh()
         return h, h
 
     backward = scan_module.backward_source(_scan_of(step, np.random.default_rng(1)).grad_fn.loop.tape)
-    assert "check_arity(r, 1, 'Twice')" in backward
-    assert "fit(a, shape" in backward and "'Twice')" in backward.split("check_arity(r, 1, 'Twice')")[1]
+    assert "check_arity(r, 1, 'Doubled')" in backward
+    assert "fit(a, shape" in backward and "'Doubled')" in backward.split("check_arity(r, 1, 'Doubled')")[1]
 
 
 def test_the_deferred_weight_gradient_reads_h_from_ys_instead_of_stacking_it(monkeypatch) -> None:
