@@ -942,6 +942,14 @@ def test_a_users_vjp_replaced_between_two_calls_is_the_one_the_second_call_runs(
     scan_against_loop(step, h0, xs, [weight, h0, xs])
 
 
+def test_a_loop_structure_reads_every_attribute_of_its_ops() -> None:
+    """A TapeOp attribute the key leaves out could tell two loops apart that share their code."""
+    rng = np.random.default_rng(4)
+    carry, _ = tl.scan(tanh_cell(tensor(rng, 3, 3), axis=0), tensor(rng, 3, 3), tensor(rng, 2, 3, 3))
+    for op in carry.grad_fn.loop.tape.ops:
+        assert sorted(vars(op)) == sorted(scan_module.OP_SHAPE + scan_module.OP_VALUES)
+
+
 def test_a_loop_structure_knows_plain_values_exactly_and_other_objects_by_identity() -> None:
     def key(value):
         held = []

@@ -44,6 +44,7 @@ import builtins
 import collections
 import functools
 import math
+import operator
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -1100,16 +1101,22 @@ class LoopStructure:
 def loop_structure(loop: Loop) -> LoopStructure:
     """A key equal for two loops exactly when their generated loops would be the same code.
 
-    It holds every attribute of every op on the tape (by name, so that one added to
-    ``TapeOp`` later counts too), the op's ``forward`` and ``backward`` as they are now
-    (a VJP replaced at run time makes a new key), the (shape, dtype) of every slot, and
-    where the inputs, carry, x and y live. Plain values count by type and exact value
-    (``0.0`` and ``-0.0`` differ, so do ``1`` and ``1.0``); any other object, such as an
-    array a step uses as a constant, by identity.
+    It holds every attribute of every op on the tape (:data:`OP_SHAPE` and
+    :data:`OP_VALUES`), the op's ``forward`` and ``backward`` as they are now (a VJP
+    replaced at run time makes a new key), the (shape, dtype) of every slot, and where
+    the inputs, carry, x and y live. An op's constants and keyword arguments count by
+    type and exact value (``0.0`` and ``-0.0`` differ, so do ``1`` and ``1.0``), or for
+    any other object, such as an array a step uses as a constant, by identity.
     """
     tape, held = loop.tape, []
     ops_key = tuple(
-        (op.function.forward, op.function.backward, *[(name, _by_value(v, held)) for name, v in vars(op).items()])
+        (
+            op_shape(op),
+            op.function.forward,
+            op.function.backward,
+            _by_value(op.constants, held),
+            _by_value(op.kwargs, held),
+        )
         for op in tape.ops
     )
     key = (
@@ -1120,11 +1127,25 @@ def loop_structure(loop: Loop) -> LoopStructure:
     return LoopStructure(key, tuple(held))
 
 
+# The attributes of a TapeOp, as the key of its loop reads them: those that hold the
+# op's place on the tape (a class, strings, ints, bools and tuples of them, compared as
+# they are), and those that hold values of the user's (compared by _by_value). A test
+# checks that these name every attribute a TapeOp has.
+OP_SHAPE = (
+    "function", "device", "slots", "outputs", "multi_output", "needs", "wrap_scalars", "grad_enabled",
+    "step_needs", "deferred", "records", "all_slots", "invariant_weight", "saves_only",
+)  # fmt: skip
+OP_VALUES = ("constants", "kwargs")
+op_shape = operator.attrgetter(*OP_SHAPE)
+
+
 _PLAIN = (type(None), bool, int, str, bytes)
 
 
 def _by_value(value: Any, held: list[Any]) -> Any:
     """``value`` as part of a key: plain values by type and exact value, others by identity (put in ``held``)."""
+    if value is None:  # (most constants: the slot of a Tensor argument)
+        return None
     kind = type(value)
     if kind in _PLAIN or isinstance(value, (type, np.dtype)):
         return (kind, value)
@@ -1135,9 +1156,9 @@ def _by_value(value: Any, held: list[Any]) -> Any:
     if isinstance(value, np.generic):
         return (kind, value.tobytes())
     if kind is tuple or kind is list:
-        return (kind, tuple(_by_value(item, held) for item in value))
+        return (kind, *[_by_value(item, held) for item in value])
     if kind is dict:
-        return (dict, tuple((name, _by_value(item, held)) for name, item in value.items()))
+        return (dict, *[(name, _by_value(item, held)) for name, item in value.items()])
     if kind is slice:
         return (slice, _by_value(value.start, held), _by_value(value.stop, held), _by_value(value.step, held))
     held.append(value)
