@@ -102,11 +102,6 @@ def _count_consumers(roots: list[Context]) -> dict[Context, int]:
     return consumers
 
 
-def _check_not_freed(node: Context) -> None:
-    if node.freed:
-        _refuse_freed(node)
-
-
 def _refuse_freed(node: Context) -> None:
     """The error for a second backward through a node whose saved arrays the first one released."""
     raise RuntimeError(
@@ -193,7 +188,8 @@ def run_backward(
         if root._node is None:
             deliver_to_leaf(root, grad)
         else:
-            _check_not_freed(root._node)
+            if root._node.freed:
+                _refuse_freed(root._node)
             _accumulate_into_node(root._node, root._output_index, grad)
             root_nodes.append(root._node)
 

@@ -552,7 +552,7 @@ def check_arity(input_grads: Any, count: int, name: str) -> tuple:
 
 @functools.lru_cache(maxsize=256)
 def _code(source: str, kind: str) -> Any:
-    """The compiled source (a loop's step is traced at every call: its code compiles once)."""
+    """The compiled source (tapes of other structures may write the same source: it compiles once)."""
     return builtins.compile(source, f"<tl.scan replay: {kind}>", "exec")
 
 
@@ -1139,7 +1139,7 @@ OP_VALUES = ("constants", "kwargs")
 op_shape = operator.attrgetter(*OP_SHAPE)
 
 
-_PLAIN = (type(None), bool, int, str, bytes)
+_PLAIN = (bool, int, str, bytes)  # (None is handled first)
 
 
 def _by_value(value: Any, held: list[Any]) -> Any:
