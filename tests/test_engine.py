@@ -92,6 +92,25 @@ def test_requires_grad_on_an_integer_tensor_raises() -> None:
         tl.arange(3, requires_grad=True)
 
 
+# -------------------------------------------------------------- backend helpers
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (64, 5), (65, 7), (200, 33), (512, 128)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_contiguous_transpose_is_the_transpose_in_a_c_contiguous_array(shape, dtype) -> None:
+    matrix = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    transpose = backend.contiguous_transpose(np, matrix)
+    assert transpose.flags.c_contiguous and transpose.dtype == dtype
+    np.testing.assert_array_equal(transpose, matrix.T)  # every tile, the last partial one included
+    if shape[0] > 1:  # (a single row's transpose is contiguous already: then it is that view)
+        assert not np.shares_memory(transpose, matrix)
+
+
+def test_contiguous_transpose_of_a_strided_view() -> None:
+    matrix = np.arange(300.0 * 40).reshape(300, 40)[::2, 1::3]  # (150, 13), neither row- nor column-contiguous
+    np.testing.assert_array_equal(backend.contiguous_transpose(np, matrix), matrix.T)
+
+
 # ------------------------------------------------------------------ factories
 
 

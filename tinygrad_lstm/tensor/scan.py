@@ -864,7 +864,7 @@ class Loop:
     def transposed_weights(self, values: list[Any]) -> dict[int, Any]:
         """Contiguous transposes of the loop-invariant Linear weights, made once per loop."""
         slots = {op.invariant_weight for op in self.tape.ops if op.invariant_weight >= 0}
-        return {slot: self.tape.xp.ascontiguousarray(values[slot].T) for slot in slots}
+        return {slot: backend.contiguous_transpose(self.tape.xp, values[slot]) for slot in slots}
 
     def y_buffers(self, init: Sequence[Any], with_initial: bool) -> tuple[list[Any], dict[int, tuple[Any, int]]]:
         """The ys buffers the steps write, and the carry parts whose every value is a row of one of them.
