@@ -21,6 +21,7 @@ import sys
 import threading
 import tracemalloc
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -963,6 +964,75 @@ def test_a_loop_structure_knows_plain_values_exactly_and_other_objects_by_identi
     (array_key, held) = key([array])
     assert held == [array] and held[0] is array  # kept alive with the key: its identity stays its own
     assert array_key != key([np.zeros(3)])[0]  # an equal array, another object: another key
+
+
+# ============================================================= temporaries let go
+#
+# A replay holds its values in locals; one that no later op reads is let go right after
+# its last reader (forward) or its VJP (backward), so its memory serves the next arrays
+# while still in cache. Two user ops watch that: one keeps a weak reference to the array
+# it is handed, the next one (forward) or the one before it (backward) sees whether it
+# is gone.
+
+watched: list[weakref.ref] = []
+gone: list[bool] = []
+
+
+class Watch(tl.Function):
+    """y = x + 1, keeping a weak reference to x, and in backward to the gradient it is handed."""
+
+    @staticmethod
+    def forward(ctx, x):
+        watched.append(weakref.ref(x))
+        return x + 1
+
+    @staticmethod
+    def backward(ctx, g):
+        watched.append(weakref.ref(g))
+        return g * 1
+
+
+class SeeWatchedGone(tl.Function):
+    """y = x; forward and backward note whether the array last watched is gone."""
+
+    @staticmethod
+    def forward(ctx, x):
+        gone.append(watched[-1]() is None)
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        gone.append(watched[-1]() is None)
+        return g * 1
+
+
+def watched_step(h: tl.Tensor, x: tl.Tensor) -> tl.Tensor:
+    """Forward: ``h · 2`` is a temporary once Watch has read it. Backward: so is the
+    gradient Doubled's VJP hands the second Watch, once that Watch's VJP has run."""
+    seen = SeeWatchedGone.apply(Watch.apply(h * 2.0))
+    return Doubled.apply(Watch.apply(seen + x))
+
+
+def test_a_compiled_call_lets_each_temporary_go_after_its_last_use() -> None:
+    rng = np.random.default_rng(5)
+    h, x = tensor(rng, 2, 3), tensor(rng, 2, 3)
+    compiled = tl.compile(lambda h, x: watched_step(h, x).sum())
+    compiled(h, x).backward()  # traced: the Tensors of the trace hold every value
+    gone.clear()
+    compiled(h, x).backward()  # replayed
+    assert gone == [True, True]  # h · 2 after its reader's forward; Doubled's VJP output after the next VJP
+
+
+def test_a_scan_step_lets_each_temporary_go_after_its_last_use() -> None:
+    rng = np.random.default_rng(6)
+    h0, xs = tensor(rng, 2, 3), tensor(rng, 4, 2, 3)
+    final, ys = tl.scan(lambda h, x: (watched_step(h, x),) * 2, h0, xs)
+    gone.clear()
+    (final.sum() + ys.sum()).backward()  # backward: steps 3, 2, 1, 0
+    assert gone == [True] * 4
+    gone.clear()
+    tl.scan(lambda h, x: (watched_step(h, x),) * 2, h0, xs)  # traced step 0, then steps 1-3 replayed
+    assert gone == [False, True, True, True]
 
 
 # ======================================================================== canaries

@@ -324,7 +324,7 @@ def forward_source(tape: Tape, keep: bool) -> str:
         lines.append(f"    v{slot} = values[{slot}]")
     if shared:
         lines.append(f"    {_names('c', shared)} = shared")
-    lines.extend(forward_body(tape, "    ", shared, read_saved=keep))
+    lines.extend(forward_body(tape, "    ", set(tape.output_slots), shared, read_saved=keep))
     if shared:
         lines.append(f"    {' = '.join(f'c{index}.saved_tensors' for index in shared)} = ()")
     for slot in dict.fromkeys(tape.output_slots):  # a slot that is both carry and y once
@@ -333,13 +333,18 @@ def forward_source(tape: Tape, keep: bool) -> str:
     return "\n".join(lines)
 
 
-def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_saved: bool = False) -> list[str]:
+def forward_body(
+    tape: Tape, indent: str, live_out: Collection[int], scratch: Collection[int] = (), read_saved: bool = False
+) -> list[str]:
     """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order.
 
     The ops of ``scratch`` (indices) use a Context made before these lines (one for every
     step of a loop, or for every call): they only reset its ``saved_tensors``, and with
     ``read_saved`` those that record read it back into ``sK`` right after their forward.
+    A value the ops compute is let go (``del vN``) right after its last reader, unless
+    it is in ``live_out`` (read after these lines): see :func:`last_readers`.
     """
+    dead_after = last_readers(tape, live_out)
     lines = []
     for index, op in enumerate(tape.ops):
         arguments = [f"v{slot}" if slot >= 0 else f"const{index}_{i}" for i, slot in enumerate(op.slots)]
@@ -357,7 +362,33 @@ def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_sa
             lines.extend(f"{indent}v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
         if read_saved and index in scratch and op.records:
             lines.append(f"{indent}s{index} = c{index}.saved_tensors")
+        if dead_after[index]:
+            lines.append(f"{indent}del {', '.join(f'v{slot}' for slot in dead_after[index])}")
     return lines
+
+
+def last_readers(tape: Tape, live_out: Collection[int]) -> list[list[int]]:
+    """For each op, the values computed by the tape whose last reader it is (or its unread outputs).
+
+    Held in a local of the replay until the function returns (or the next step of a
+    loop rebinds it), a temporary would keep its memory from the next op's arrays: an
+    op's output that a later op only reads, not saves (``x W`` before the bias is added,
+    a gate before its sigmoid), is freed at once and its memory reused while still in
+    cache. What is saved for backward stays alive through its record; ``live_out``
+    (the tape's outputs, a loop's carry and y) are read after the ops.
+    """
+    last: dict[int, int] = {}
+    for index, op in enumerate(tape.ops):
+        for slot in op.slots:
+            if slot in last:
+                last[slot] = index
+        for slot in op.outputs:
+            last[slot] = index
+    dead_after: list[list[int]] = [[] for _ in tape.ops]
+    for slot, index in last.items():
+        if slot not in live_out:
+            dead_after[index].append(slot)
+    return dead_after
 
 
 def record_names(tape: Tape) -> list[str]:
@@ -469,6 +500,7 @@ def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int], restor
     may hold a gradient before the first VJP (the outputs'). A slot that no seed and
     only one VJP input reaches takes that gradient as it is, without the test for a sum.
     The ops of ``restore`` (indices) first put their saved tuple ``sK`` back into ``cK``.
+    After its VJP an op's output gradients are let go (``gN = None``): no other line reads them.
     """
     recording = replay_order(tape)
     reached = collections.Counter(
@@ -514,6 +546,7 @@ def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int], restor
                 lines.append(f"{indent}        g{slot} = a")
             else:
                 lines.append(f"{indent}        g{slot} = a if g{slot} is None else g{slot} + a")
+        lines.append(f"{indent}{' = '.join(f'g{slot}' for slot in op.outputs)} = None  # read by this VJP only")
     return lines
 
 
@@ -1007,7 +1040,7 @@ def forward_loop_source(loop: Loop, keep: bool) -> str:
     lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in sorted(scratch))
     lines.append("    for t in times:")
     lines.extend(f"        v{slot} = xs{k}[t]" for k, slot in enumerate(loop.x_in))
-    lines.extend(forward_body(tape, "        ", scratch))
+    lines.extend(forward_body(tape, "        ", {*loop.carry_out, *loop.y_out}, scratch))
     if loop.y_out:
         lines.append("        if ys is not None:")
         for k, slot in enumerate(loop.y_out):
