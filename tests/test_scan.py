@@ -1007,8 +1007,11 @@ class SeeWatchedGone(tl.Function):
 
 
 def watched_step(h: tl.Tensor, x: tl.Tensor) -> tl.Tensor:
-    """Forward: ``h · 2`` is a temporary once Watch has read it. Backward: so is the
-    gradient Doubled's VJP hands the second Watch, once that Watch's VJP has run."""
+    """A step with one temporary watched in each direction.
+
+    Forward: ``h · 2`` is a temporary once the first Watch has read it. Backward: so is
+    the gradient Doubled's VJP hands the second Watch, once that Watch's VJP has run.
+    """
     seen = SeeWatchedGone.apply(Watch.apply(h * 2.0))
     return Doubled.apply(Watch.apply(seen + x))
 
