@@ -372,10 +372,10 @@ def last_readers(tape: Tape, live_out: Collection[int]) -> list[list[int]]:
 
     Held in a local of the replay until the function returns (or the next step of a
     loop rebinds it), a temporary would keep its memory from the next op's arrays: an
-    op's output that a later op only reads, not saves (``x W`` before the bias is added,
-    a gate before its sigmoid), is freed at once and its memory reused while still in
-    cache. What is saved for backward stays alive through its record; ``live_out``
-    (the tape's outputs, a loop's carry and y) are read after the ops.
+    op's output that later ops only read, not save (an LSTM step's ``x_t W_ihᵀ`` once it
+    is added into the gates, a gate before its sigmoid), is freed at once and its memory
+    reused while still in cache. What is saved for backward stays alive through its
+    record; ``live_out`` (the tape's outputs, a loop's carry and y) are read after the ops.
     """
     last: dict[int, int] = {}
     for index, op in enumerate(tape.ops):
