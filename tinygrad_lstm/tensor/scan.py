@@ -324,7 +324,7 @@ def forward_source(tape: Tape, keep: bool) -> str:
         lines.append(f"    v{slot} = values[{slot}]")
     if shared:
         lines.append(f"    {_names('c', shared)} = shared")
-    lines.extend(forward_body(tape, "    ", set(tape.output_slots), shared, read_saved=keep))
+    lines.extend(forward_body(tape, "    ", shared, read_saved=keep))
     if shared:
         lines.append(f"    {' = '.join(f'c{index}.saved_tensors' for index in shared)} = ()")
     for slot in dict.fromkeys(tape.output_slots):  # a slot that is both carry and y once
@@ -333,18 +333,16 @@ def forward_source(tape: Tape, keep: bool) -> str:
     return "\n".join(lines)
 
 
-def forward_body(
-    tape: Tape, indent: str, live_out: Collection[int], scratch: Collection[int] = (), read_saved: bool = False
-) -> list[str]:
+def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_saved: bool = False) -> list[str]:
     """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order.
 
     The ops of ``scratch`` (indices) use a Context made before these lines (one for every
     step of a loop, or for every call): they only reset its ``saved_tensors``, and with
     ``read_saved`` those that record read it back into ``sK`` right after their forward.
     A value the ops compute is let go (``del vN``) right after its last reader, unless
-    it is in ``live_out`` (read after these lines): see :func:`last_readers`.
+    it is one of the tape's outputs (read after these lines): see :func:`last_readers`.
     """
-    dead_after = last_readers(tape, live_out)
+    dead_after = last_readers(tape)
     lines = []
     for index, op in enumerate(tape.ops):
         arguments = [f"v{slot}" if slot >= 0 else f"const{index}_{i}" for i, slot in enumerate(op.slots)]
@@ -367,7 +365,7 @@ def forward_body(
     return lines
 
 
-def last_readers(tape: Tape, live_out: Collection[int]) -> list[list[int]]:
+def last_readers(tape: Tape) -> list[list[int]]:
     """For each op, the values computed by the tape whose last reader it is (or its unread outputs).
 
     Held in a local of the replay until the function returns (or the next step of a
@@ -375,7 +373,7 @@ def last_readers(tape: Tape, live_out: Collection[int]) -> list[list[int]]:
     op's output that later ops only read, not save (an LSTM step's ``x_t W_ihᵀ`` once it
     is added into the gates, a gate before its sigmoid), is freed at once and its memory
     reused while still in cache. What is saved for backward stays alive through its
-    record; ``live_out`` (the tape's outputs, a loop's carry and y) are read after the ops.
+    record; the tape's outputs (for a loop's step: its carry and y) are read after the ops.
     """
     last: dict[int, int] = {}
     for index, op in enumerate(tape.ops):
@@ -385,8 +383,9 @@ def last_readers(tape: Tape, live_out: Collection[int]) -> list[list[int]]:
         for slot in op.outputs:
             last[slot] = index
     dead_after: list[list[int]] = [[] for _ in tape.ops]
+    outputs = set(tape.output_slots)
     for slot, index in last.items():
-        if slot not in live_out:
+        if slot not in outputs:
             dead_after[index].append(slot)
     return dead_after
 
@@ -1040,7 +1039,7 @@ def forward_loop_source(loop: Loop, keep: bool) -> str:
     lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in sorted(scratch))
     lines.append("    for t in times:")
     lines.extend(f"        v{slot} = xs{k}[t]" for k, slot in enumerate(loop.x_in))
-    lines.extend(forward_body(tape, "        ", {*loop.carry_out, *loop.y_out}, scratch))
+    lines.extend(forward_body(tape, "        ", scratch))
     if loop.y_out:
         lines.append("        if ys is not None:")
         for k, slot in enumerate(loop.y_out):
