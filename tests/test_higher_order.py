@@ -317,9 +317,9 @@ def test_declared_saves_match_what_each_forward_saves() -> None:
         if node is not None and cls.saves is not None and node.saved_tensors:
             arrays = [a.data if isinstance(a, tl.Tensor) else a for a in args]
             found = function_module.saved_roles(node.saved_tensors, arrays, tuple(o.data for o in outputs))
-            from tinygrad_lstm.tensor.graph_backward import _declared_roles
+            from tinygrad_lstm.tensor.graph_backward import declared_roles
 
-            declared = _declared_roles(cls)
+            declared = declared_roles(cls)
             for position, (have, want) in enumerate(zip(found, declared)):
                 if isinstance(node.saved_tensors[position], np.ndarray):
                     assert have == want, f"{cls.__name__}: saved {position} is {have}, declared {want}"

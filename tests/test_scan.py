@@ -1038,6 +1038,72 @@ def test_a_scan_step_lets_each_temporary_go_after_its_last_use() -> None:
     assert gone == [False, True, True, True]
 
 
+# ===================================== recomputed segments: ops run a block of steps at once
+#
+# Backward recomputes a checkpointed segment knowing every x_t and every carry that the
+# step also returns as y (h_{t-1} is a row of the y buffer). The ops that need nothing
+# else run for a block of steps in one call (``mark_batched``), the others step by step
+# reading their rows. Blocks of one step, blocks that cut segments unevenly, reverse
+# loops and stacked layers all equal the loop; an op whose inputs would not broadcast
+# once stacked stays per step.
+
+
+def batched_flags(output: tl.Tensor) -> list[tuple[str, bool]]:
+    """(op, whether a recomputation runs it for a block of steps) for the loop that made ``output``."""
+    return [(op.function.__name__, op.batched) for op in output.grad_fn.loop.tape.ops]
+
+
+def test_a_checkpointed_lstm_recomputes_all_but_its_cell_state_ops_a_block_at_a_time() -> None:
+    layer = nn.LSTM(3, 4, dtype=tl.float64, checkpoint=2)
+    output, _ = layer(tl.Tensor(np.ones((5, 2, 3)), dtype=tl.float64))
+    assert batched_flags(output) == [
+        ("Linear", True), ("Linear", True), ("Split", True),  # x_t W_ihᵀ + b; h_{t-1} W_hhᵀ + that; the gates
+        ("Sigmoid", True), ("Sigmoid", True), ("Tanh", True), ("Sigmoid", True), ("Mul", False),  # f ⊙ c_{t-1}
+        ("Mul", True), ("Add", False), ("Tanh", False), ("Mul", False),  # i ⊙ g; then c_t, tanh(c_t), h_t
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU"])
+def test_a_checkpointed_rnn_or_gru_step_is_recomputed_whole_a_block_at_a_time(kind: str) -> None:
+    layer = getattr(nn, kind)(3, 4, dtype=tl.float64, checkpoint=2)
+    output, _ = layer(tl.Tensor(np.ones((5, 2, 3)), dtype=tl.float64))
+    assert all(batched for _, batched in batched_flags(output))
+
+
+def test_without_checkpoints_or_with_a_carry_that_is_not_a_y_only_x_only_ops_are_batched() -> None:
+    x = tl.Tensor(np.ones((5, 2, 3)), dtype=tl.float64)
+    output, _ = nn.LSTM(3, 4, dtype=tl.float64)(x)  # nothing is recomputed
+    assert not any(batched for _, batched in batched_flags(output))
+    output, _ = nn.LSTM(3, 4, dtype=tl.float64, checkpoint=2)(x, lengths=[5, 3])  # h' = where(alive, h_new, h)
+    assert [name for name, batched in batched_flags(output) if batched] == ["Linear"]  # x_t W_ihᵀ + b only
+
+
+@pytest.mark.parametrize("batch_numbers", [1, 60, scan_module.BATCH_NUMBERS])
+def test_recomputed_blocks_of_any_size_equal_the_loop(monkeypatch, batch_numbers: int) -> None:
+    """Blocks of one step; of 2 or 3 steps in segments of 5 (an LSTM's gates are 24 numbers a step); whole segments."""
+    monkeypatch.setattr(scan_module, "BATCH_NUMBERS", batch_numbers)
+    for seed, kind in enumerate(["LSTM", "GRU", "RNN"]):
+        config = tst.RecurrentConfig(11, 2, 2, 3, num_layers=2, bidirectional=True, with_initial_state=True)
+        check_layer_compiled_equals_eager(LayerCase(kind, config, None, 5, "tanh", seed))
+
+
+def test_a_step_input_with_fewer_axes_than_its_result_is_not_stacked_into_a_block(monkeypatch) -> None:
+    """A bias x_t of shape (3,) added into h W (3 × 3): stacked over 3 steps it would broadcast along the batch."""
+    monkeypatch.setattr(scan_module, "BATCH_NUMBERS", 27)  # blocks of 3 steps, as many as the batch: no error to see
+    rng = np.random.default_rng(3)
+    weight, init, xs = tensor(rng, 3, 3), tensor(rng, 3, 3), tensor(rng, 6, 3)
+
+    def step(h, x):
+        h = tl.linear(h, weight, x).tanh()
+        return h, h
+
+    leaves = [weight, init, xs]
+    compiled = values_and_gradients(lambda: tl.scan(step, init, xs, checkpoint=3), leaves)
+    assert_same(compiled, values_and_gradients(lambda: written_out_loop(step, init, xs), leaves), ["W", "init", "xs"])
+    _, ys = tl.scan(step, init, xs, checkpoint=3)
+    assert batched_flags(ys) == [("Linear", False), ("Tanh", False)]
+
+
 # ======================================================================== canaries
 #
 # The reverse replay is gradient code: which VJP sees which gradient, in which order,
@@ -1274,6 +1340,24 @@ def test_canary_a_recompute_from_the_previous_segments_carry_is_caught(monkeypat
     red(check_layer_compiled_equals_eager, checkpointed(layer_cases(), segments=2))
 
 
+def test_canary_recomputed_blocks_one_step_off_are_caught(monkeypatch) -> None:
+    original = scan_module.Loop.batched_results
+
+    def one_step_off(self, *args):
+        def rolled(result):  # row k holds step k - 1's result (a Split's result: each piece)
+            return (
+                tuple(np.roll(piece, 1, axis=0) for piece in result)
+                if type(result) is tuple
+                else np.roll(result, 1, axis=0)
+            )
+
+        return [rolled(result) for result in original(self, *args)]
+
+    monkeypatch.setattr(scan_module.Loop, "batched_results", one_step_off)
+    cases = checkpointed(long_enough(layer_cases())).filter(lambda case: case.checkpoint >= 2)
+    red(check_layer_compiled_equals_eager, cases)
+
+
 # ==================================================================== trace safety
 
 
@@ -1491,6 +1575,21 @@ def test_an_lstm_layer_runs_compiled_on_the_strict_device(strict_device: str) ->
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_allclose(b, a, **TOLERANCE)
+
+
+def test_a_checkpointed_layer_recomputes_in_blocks_on_the_strict_device(strict_device: str) -> None:
+    x_values = np.random.default_rng(8).uniform(-1, 1, (7, 2, 3))
+    results = []
+    for device in ("cpu", strict_device):
+        tl.manual_seed(8)
+        layer = nn.GRU(3, 4, dtype=tl.float64, checkpoint=3).to(device)
+        x = tl.Tensor(x_values, device=device, requires_grad=True)
+        output, h = layer(x)
+        assert all(batched for _, batched in batched_flags(output))
+        (output.sum() + (h * h).sum()).backward()
+        results.append([output.numpy(), x.grad.numpy(), *(p.grad.numpy() for p in layer.parameters())])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, **TOLERANCE)
 
 
 def test_compile_runs_on_the_strict_device(strict_device: str) -> None:

@@ -211,6 +211,13 @@ class Function:
       except that its first two inputs may share one (``x * x``). The engine then adds
       later gradients into them in place, and gives a leaf one as its ``.grad``
       without a copy.
+    * ``row_wise`` (default ``()``): the positions of the inputs that may come with
+      extra leading axes: given those inputs of several calls stacked along a new
+      leading axis (and the same other inputs), ``forward`` returns the outputs of those
+      calls stacked the same way. A loop (``tl.scan``) that recomputes steps whose
+      inputs it knows in advance then runs such an op for many steps in one call (see
+      ``scan.mark_batched``). ``axis_arguments`` names the keyword arguments that
+      count axes of those inputs (then shifted by one for stacked inputs).
     """
 
     differentiable_backward: bool = True
@@ -221,6 +228,8 @@ class Function:
     )
     saves: tuple[str, ...] | None = None
     fresh_gradients: bool = False
+    row_wise: tuple[int, ...] = ()
+    axis_arguments: tuple[str, ...] = ()
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:

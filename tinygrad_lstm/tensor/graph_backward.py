@@ -185,7 +185,7 @@ def _advice(function: type) -> str:
 _role_cache: dict[type, tuple] = {}
 
 
-def _declared_roles(function: type) -> tuple:
+def declared_roles(function: type) -> tuple:
     """A built-in op's ``saves`` (parameter names, ``"y"``) as ``("input", i)``/``("output", 0)``."""
     roles = _role_cache.get(function)
     if roles is None:
@@ -201,7 +201,7 @@ def saved_as_tensors(node: Any) -> tuple:
     if not saved:
         return ()
     function = node.function
-    roles = _declared_roles(function) if function.saves is not None else node.saved_roles
+    roles = declared_roles(function) if function.saves is not None else node.saved_roles
     if roles is None or len(roles) != len(saved):
         raise DoubleBackwardError(
             f"{node.name}: the engine does not know what its saved arrays are, so create_graph=True "

@@ -34,6 +34,9 @@ from .tensor import Tensor
 class Add(Function):
     """y = a + b;  VJP: (g, g)."""
 
+    saves = ()
+    row_wise = (0, 1)  # elementwise (see Function)
+
     @staticmethod
     def forward(ctx, a, b):
         return a + b
@@ -45,6 +48,9 @@ class Add(Function):
 
 class Sub(Function):
     """y = a - b;  VJP: (g, -g)."""
+
+    saves = ()
+    row_wise = (0, 1)  # elementwise (see Function)
 
     @staticmethod
     def forward(ctx, a, b):
@@ -60,6 +66,7 @@ class Mul(Function):
 
     fresh_gradients = True  # (see Function)
     saves = ("a", "b")
+    row_wise = (0, 1)  # elementwise (see Function)
 
     @staticmethod
     def forward(ctx, a, b):
@@ -219,6 +226,7 @@ class Linear(Function):
     """
 
     saves = ("x", "weight")
+    row_wise = (0, 2)  # x and b: the rows of all leading axes of x are independent (see Function)
 
     @staticmethod
     def forward(ctx, x, weight, bias=None, weight_t=None):
@@ -261,6 +269,7 @@ class Exp(Function):
 
     fresh_gradients = True  # (see Function)
     saves = ("y",)
+    row_wise = (0,)  # elementwise (see Function)
 
     @staticmethod
     def forward(ctx, x):
@@ -296,6 +305,7 @@ class Tanh(Function):
 
     fresh_gradients = True  # (see Function)
     saves = ("y",)
+    row_wise = (0,)  # elementwise (see Function)
 
     @staticmethod
     def forward(ctx, x):
@@ -323,6 +333,7 @@ class Sigmoid(Function):
 
     fresh_gradients = True  # (see Function)
     saves = ("y",)
+    row_wise = (0,)  # elementwise (see Function)
     # Just below log(largest finite value), as NumPy scalars of each dtype (a Python float
     # as the bound of ``minimum`` costs a conversion per call).
     exp_cap = {np.dtype(t): t(cap) for t, cap in ((np.float16, 11.0), (np.float32, 88.7), (np.float64, 709.7))}
@@ -359,6 +370,7 @@ class Relu(Function):
 
     fresh_gradients = True  # (see Function)
     saves = ("y",)
+    row_wise = (0,)  # elementwise (see Function)
 
     @staticmethod
     def forward(ctx, x):
@@ -648,6 +660,8 @@ class Split(Function):
     """ys = pieces of x along axis (views);  VJP: concatenate(gs, axis), one copy."""
 
     fresh_gradients = True  # (see Function)
+    row_wise = (0,)  # (see Function; ``axis`` counts the axes of one call's x)
+    axis_arguments = ("axis",)
 
     @staticmethod
     def forward(ctx, x, sizes, axis=0):

@@ -55,6 +55,7 @@ import numpy as np
 from . import autograd, backend, function, ops
 from .autograd import fit_gradient
 from .function import Context, Function, TraceError, is_grad_enabled
+from .graph_backward import declared_roles
 from .tensor import Tensor
 
 # --------------------------------------------------------------------------- the tape
@@ -90,6 +91,7 @@ class TapeOp:
         # A built-in op whose forward wrote nothing to its Context but saved_tensors: in a
         # loop, its Context is one scratch object for all steps (see forward_loop_source).
         self.saves_only = False
+        self.batched = False  # a loop recomputing steps runs it for many steps at once (see mark_batched)
 
 
 @dataclass
@@ -333,7 +335,9 @@ def forward_source(tape: Tape, keep: bool) -> str:
     return "\n".join(lines)
 
 
-def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_saved: bool = False) -> list[str]:
+def forward_body(
+    tape: Tape, indent: str, scratch: Collection[int] = (), read_saved: bool = False, in_blocks: bool = False
+) -> list[str]:
     """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order.
 
     The ops of ``scratch`` (indices) use a Context made before these lines (one for every
@@ -341,10 +345,25 @@ def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_sa
     ``read_saved`` those that record read it back into ``sK`` right after their forward.
     A value the ops compute is let go (``del vN``) right after its last reader, unless
     it is one of the tape's outputs (read after these lines): see :func:`last_readers`.
+    With ``in_blocks`` (a loop recomputing steps), a ``batched`` op is not called: its
+    Context gets the arrays its forward would have saved (see :func:`mark_batched`), and
+    where the step needs its result, the step reads its row ``t - base`` of the op's
+    result for the block (``blockK``, see :func:`rows_read`).
     """
     dead_after = last_readers(tape)
+    read = rows_read(tape) if in_blocks else set()
+    unread = {op.outputs[0] for index, op in enumerate(tape.ops) if skipped(op, in_blocks) and index not in read}
     lines = []
     for index, op in enumerate(tape.ops):
+        dead = ", ".join(f"v{slot}" for slot in dead_after[index] if slot not in unread)
+        if skipped(op, in_blocks):
+            if index in read:
+                lines.append(f"{indent}v{op.outputs[0]} = block{index}[t - base]  # {op.function.__name__}, batched")
+            saved = "".join(f"{name}, " for name in saved_values(index, op))
+            lines.append(f"{indent}c{index}.saved_tensors = ({saved})")
+            if dead:
+                lines.append(f"{indent}del {dead}")
+            continue
         arguments = [f"v{slot}" if slot >= 0 else f"const{index}_{i}" for i, slot in enumerate(op.slots)]
         if op.kwargs:
             arguments.append(f"**kwargs{index}")
@@ -360,9 +379,29 @@ def forward_body(tape: Tape, indent: str, scratch: Collection[int] = (), read_sa
             lines.extend(f"{indent}v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
         if read_saved and index in scratch and op.records:
             lines.append(f"{indent}s{index} = c{index}.saved_tensors")
-        if dead_after[index]:
-            lines.append(f"{indent}del {', '.join(f'v{slot}' for slot in dead_after[index])}")
+        if dead:
+            lines.append(f"{indent}del {dead}")
     return lines
+
+
+def skipped(op: TapeOp, in_blocks: bool) -> bool:
+    """Whether the steps of a recomputation leave ``op`` out: a ``saves_only`` op run for the whole block."""
+    return in_blocks and op.batched and op.saves_only
+
+
+def rows_read(tape: Tape) -> set[int]:
+    """The batched ops whose row the steps of a recomputation read: an op of the step reads it, or a record keeps it.
+
+    A result that only other batched ops read (an LSTM's x_t W_ihᵀ + b, added into the
+    gates for the whole block) is not read at all, and is freed once the block's results are made.
+    """
+    reads = set(tape.output_slots)
+    for op in tape.ops:
+        if not skipped(op, True):
+            reads.update(op.slots)
+        else:  # what it saves (see saved_values)
+            reads.update(op.outputs[i] if kind == "output" else op.slots[i] for kind, i in declared_roles(op.function))
+    return {index for index, op in enumerate(tape.ops) if skipped(op, True) and op.outputs[0] in reads}
 
 
 def last_readers(tape: Tape) -> list[list[int]]:
@@ -712,6 +751,67 @@ def mark_deferred(tape: Tape) -> None:
             op.step_needs = tuple(need and i not in deferred for i, need in enumerate(op.needs))
 
 
+# ------------------------------------------ recomputed steps: ops run for many steps at once
+
+# A recomputed segment runs its batched ops on this many numbers' worth of steps at once
+# (per op's result: 1 MiB of float32), so their results are still in cache when the
+# steps read their rows, and a long segment holds no large arrays.
+BATCH_NUMBERS = 1 << 18
+
+
+def mark_batched(loop: Loop) -> None:
+    """Find the ops a checkpointed loop runs for a whole block of steps at once when it recomputes them.
+
+    Backward recomputes each segment of steps from its kept carry. By then the loop
+    knows more than the first forward did: every x_t, and every carry that the step
+    also returns as y (an RNN's or LSTM's h, held in the y buffer: h_{t-1} of step t is
+    a row of it). An op whose inputs are such rows, results of other such ops, or the
+    same at every step (parameters, constants) needs nothing from the steps before it,
+    so it can run for all the steps of a block in one call, if its Function is
+    ``row_wise`` in the inputs that change: in an LSTM, ``x_t W_ihᵀ + b``, then
+    ``h_{t-1} W_hhᵀ + (x_t W_ihᵀ + b)``, its split into gates and their sigmoids and tanh
+    become one call each per block of k steps instead of k. The other ops (those
+    reading c_{t-1}) still run step by step, reading their row of those results.
+
+    Backward needs each step's record as before. A ``saves_only`` batched op is not
+    run at a step: the step reads its row of the op's result and keeps the rows (or
+    the same arrays) its forward would have saved (:func:`saved_values`); any other
+    batched op (``Split``: its Context holds the axis) still runs at each step as well.
+    """
+    tape = loop.tape
+    captured = set(tape.captured_slots)
+    known = set(loop.x_in) | set(loop.carries_in_ys())  # values whose rows are known before a recomputation
+    for index, op in enumerate(tape.ops):
+        varying = [i for i, slot in enumerate(op.slots) if slot >= 0 and slot not in captured]
+        ndim = len(tape.meta[op.outputs[0]][0])
+        op.batched = (
+            bool(varying)
+            and all(i in op.function.row_wise and op.slots[i] in known for i in varying)
+            and all(len(tape.meta[op.slots[i]][0]) == ndim for i in varying)  # stacked, they still broadcast
+            and all(op.kwargs.get(name) is not None for name in op.function.axis_arguments)  # (given, an int)
+            and not op.wrap_scalars
+            and (not op.saves_only or saved_values(index, op) is not None)
+        )
+        if op.batched:
+            known.update(op.outputs)
+
+
+def saved_values(index: int, op: TapeOp) -> list[str] | None:
+    """What built-in op ``index``'s forward saves, as the replay names those values; None if ``saves`` does not say."""
+    if op.function.saves is None:
+        return None
+    names = []
+    for kind, position in declared_roles(op.function):
+        if kind == "output":
+            names.append(f"v{op.outputs[position]}")
+        elif position < len(op.slots):
+            slot = op.slots[position]
+            names.append(f"v{slot}" if slot >= 0 else f"const{index}_{position}")
+        else:
+            return None  # (a keyword argument)
+    return names
+
+
 def deferred_gradients(
     tape: Tape,
     op_index: int,
@@ -909,17 +1009,16 @@ class Loop:
         ``buffer[t + shift]``. ys itself is the buffer less that row.
         """
         meta, xp, steps = self.tape.meta, self.tape.xp, self.length
-        carried = {
-            slot_out: (slot_in, part) for part, (slot_in, slot_out) in enumerate(zip(self.carry_in, self.carry_out))
-        }
+        carry_of_y = {k: slot_in for slot_in, k in self.carries_in_ys().items()}
         ys: list[Any] = []
         carry_rows: dict[int, tuple[Any, int]] = {}
-        for slot in self.y_out:
+        for k, slot in enumerate(self.y_out):
             shape, dtype = meta[slot]
-            if not with_initial or slot not in carried or carried[slot][0] in carry_rows:
+            if not with_initial or k not in carry_of_y:
                 ys.append(xp.empty((steps, *shape), dtype=dtype))
                 continue
-            slot_in, part = carried[slot]
+            slot_in = carry_of_y[k]
+            part = self.carry_in.index(slot_in)
             buffer = xp.empty((steps + 1, *shape), dtype=dtype)
             if self.reverse:
                 buffer[steps] = init[part]
@@ -930,6 +1029,61 @@ class Loop:
                 ys.append(buffer[1:])
                 carry_rows[slot_in] = (buffer, 0)
         return ys, carry_rows
+
+    def carries_in_ys(self) -> dict[int, int]:
+        """The carry parts the step also returns as y: {slot of the carry part: index of that y} (its first y)."""
+        carried = {slot_out: slot_in for slot_in, slot_out in zip(self.carry_in, self.carry_out)}
+        found: dict[int, int] = {}
+        for k, slot in enumerate(self.y_out):
+            if slot in carried and carried[slot] not in found:
+                found[carried[slot]] = k
+        return found
+
+    @property
+    def batched(self) -> list[int]:
+        """The indices of the ops a recomputation runs for a block of steps at once (see :func:`mark_batched`)."""
+        return [index for index, op in enumerate(self.tape.ops) if op.batched]
+
+    def batch_steps(self) -> int:
+        """Steps per block of a recomputation: as many as keep each batched op's result within ``BATCH_NUMBERS``."""
+        steps = self.length
+        for index in self.batched:
+            numbers = math.prod(self.tape.meta[self.tape.ops[index].outputs[0]][0])
+            steps = min(steps, max(1, BATCH_NUMBERS // max(numbers, 1)))
+        return steps
+
+    def batched_results(
+        self, values: list[Any], xs: Sequence[Any], rows: dict[int, tuple[Any, int]], transposed: dict[int, Any],
+        times: range,
+    ) -> list[Any]:  # fmt: skip
+        """Each batched op run once for the steps of ``times`` (consecutive); row k of a result is step min(times) + k.
+
+        Its inputs that vary by step are the rows of those steps: of xs, of the y buffer
+        that holds a carry (``rows``, see :meth:`y_buffers`), or of another batched op's
+        result. Returns the results whose rows the steps read (:func:`rows_read`).
+        """
+        first, stop = min(times[0], times[-1]), max(times[0], times[-1]) + 1
+        read = rows_read(self.tape)
+        known = {slot: x[first:stop] for slot, x in zip(self.x_in, xs)}
+        known.update({slot: buffer[first + shift : stop + shift] for slot, (buffer, shift) in rows.items()})
+        results = []
+        for index in self.batched:
+            op = self.tape.ops[index]
+            args = [
+                known.get(slot, values[slot]) if slot >= 0 else constant
+                for slot, constant in zip(op.slots, op.constants)
+            ]
+            kwargs = dict(op.kwargs)
+            for name in op.function.axis_arguments:  # an axis of one step's arrays is one further on in the stack
+                if kwargs[name] >= 0:
+                    kwargs[name] += 1
+            if op.invariant_weight >= 0:
+                kwargs["weight_t"] = transposed[op.invariant_weight]
+            result = op.function.forward(Context(op.function, self.tape.xp, op.device), *args, **kwargs)
+            known.update(zip(op.outputs, result if op.multi_output else (result,)))
+            if index in read:
+                results.append(result)
+        return results
 
     def take_first_step(self, carry: list[Any], y: list[Any], ys: list[Any]) -> list[Any]:
         """Write the traced first step's y parts into their rows of ``ys``; return the carry after it.
@@ -953,7 +1107,7 @@ class Loop:
         return [(index, slot) for index, slot in enumerate(self.tape.captured_slots) if slot in reached]
 
     def replay(self, kind: str) -> Callable:
-        """The generated loop "forward", "forward_keep" or "backward" over this loop's steps.
+        """The generated loop "forward", "forward_keep", "forward_recompute" or "backward" over this loop's steps.
 
         Made once per loop structure (:data:`generated_loops`): the next call of the same
         layer traces a new tape, but of the same structure, and runs the same code.
@@ -970,7 +1124,7 @@ class Loop:
         if kind == "backward":
             source = backward_loop_source(self)
         else:
-            source = forward_loop_source(self, keep=kind == "forward_keep")
+            source = forward_loop_source(self, keep=kind != "forward", in_blocks=kind == "forward_recompute")
         return compile_replay(self.tape, source, kind + "_loop")
 
     def run(
@@ -981,25 +1135,36 @@ class Loop:
         visits: range,
         keep: bool,
         ys: list[Any] | None = None,
+        rows: dict[int, tuple[Any, int]] | None = None,
+        transposed: dict[int, Any] | None = None,
     ) -> tuple[list[Any], list[tuple[Any, ...]], list[list[Any]]]:
         """Replay the steps of ``visits`` from ``carry``: (final carry, each step's record, each kept carry).
 
         ``values`` holds the implicit inputs in their slots; y parts are written into the
         ``ys`` buffers (see :func:`forward_loop_source`). Records are kept when ``keep``;
         with checkpointing, the carry at every k-th visit is kept instead: the steps run
-        one segment at a time, each from its kept carry.
+        one segment at a time, each from its kept carry. ``rows`` (when backward
+        recomputes steps) holds the carries' values as rows of the y buffers: then the
+        batched ops run once per block of steps (:meth:`batched_results`).
+        ``transposed``: the weights' transposes, if the caller made them already.
         """
-        forward = self.replay("forward_keep" if keep else "forward")
-        transposed = self.transposed_weights(values)
+        recompute = rows is not None and bool(self.batched)
+        forward = self.replay("forward_recompute" if recompute else "forward_keep" if keep else "forward")
+        if transposed is None:
+            transposed = self.transposed_weights(values)
         order, checkpoint = self.order, self.checkpoint if self.keep else None
         steps: list[tuple[Any, ...]] = []
         checkpoints = []
         size = checkpoint or len(visits)
+        block = self.batch_steps() if recompute else size
         for start in range(visits.start, visits.stop, size):
             if checkpoint is not None:
                 checkpoints.append(carry)
-            times = order[start : min(start + size, visits.stop)]
-            carry = forward(values, carry, xs, ys, transposed, times, steps)
+            stop = min(start + size, visits.stop)
+            for block_start in range(start, stop, block):
+                times = order[block_start : min(block_start + block, stop)]
+                blocks = self.batched_results(values, xs, rows, transposed, times) if recompute else ()
+                carry = forward(values, carry, xs, ys, transposed, times, steps, blocks, min(times[0], times[-1]))
         return carry, steps, checkpoints
 
 
@@ -1014,8 +1179,8 @@ class Loop:
 # object per op and step, which also spares the garbage collector T·ops objects to scan).
 
 
-def forward_loop_source(loop: Loop, keep: bool) -> str:
-    """The source of ``forward(values, carry, xs, ys, transposed, times, steps)``: the steps of ``times``.
+def forward_loop_source(loop: Loop, keep: bool, in_blocks: bool = False) -> str:
+    """The source of ``forward(values, carry, xs, ys, transposed, times, steps, blocks, base)``: the steps of ``times``.
 
     ``values`` holds the implicit inputs in their slots, ``carry`` the carry before the
     first step. Each step's y parts go into their rows of the ``ys`` buffers (unless
@@ -1023,14 +1188,18 @@ def forward_loop_source(loop: Loop, keep: bool) -> str:
     array, so a y that is also the carry, or saved by the next step, is kept once. With
     ``keep``, each step's record is appended to ``steps``: a tuple holding, for each op
     that records, its Context or (``saves_only``) its saved tuple (:func:`kept_records`).
-    Returns the carry.
+    With ``in_blocks`` (recomputing steps), ``blocks`` holds the result of each batched
+    op whose rows the steps read (:func:`rows_read`) for the steps of ``times``, whose
+    row 0 is step ``base`` (:meth:`Loop.batched_results`). Returns the carry.
     """
     tape = loop.tape
-    lines = ["def forward(values, carry, xs, ys, transposed, times, steps):"]
+    lines = ["def forward(values, carry, xs, ys, transposed, times, steps, blocks, base):"]
     lines.extend(f"    v{slot} = values[{slot}]" for slot in tape.captured_slots)
     lines.append(f"    {_names('v', loop.carry_in)} = carry")
     if loop.x_in:
         lines.append(f"    {_names('xs', range(len(loop.x_in)))} = xs")
+    if in_blocks and rows_read(tape):
+        lines.append(f"    {_names('block', sorted(rows_read(tape)))} = blocks")
     if loop.y_out:
         lines.append(
             f"    {_names('ys', range(len(loop.y_out)))} = ys if ys is not None else {(None,) * len(loop.y_out)}"
@@ -1039,7 +1208,7 @@ def forward_loop_source(loop: Loop, keep: bool) -> str:
     lines.extend(f"    c{index} = new(context{index})  # one for every step" for index in sorted(scratch))
     lines.append("    for t in times:")
     lines.extend(f"        v{slot} = xs{k}[t]" for k, slot in enumerate(loop.x_in))
-    lines.extend(forward_body(tape, "        ", scratch))
+    lines.extend(forward_body(tape, "        ", scratch, in_blocks=in_blocks))
     if loop.y_out:
         lines.append("        if ys is not None:")
         for k, slot in enumerate(loop.y_out):
@@ -1165,7 +1334,7 @@ def loop_structure(loop: Loop) -> LoopStructure:
 # checks that these name every attribute a TapeOp has.
 OP_SHAPE = (
     "function", "device", "slots", "outputs", "multi_output", "needs", "wrap_scalars", "grad_enabled",
-    "step_needs", "deferred", "records", "all_slots", "invariant_weight", "saves_only",
+    "step_needs", "deferred", "records", "all_slots", "invariant_weight", "saves_only", "batched",
 )  # fmt: skip
 OP_VALUES = ("constants", "kwargs")
 op_shape = operator.attrgetter(*OP_SHAPE)
@@ -1285,14 +1454,18 @@ class Scan(Function):
         xs_inputs = inputs[carry_count : carry_count + x_count]
         deferred = DeferredSums(loop, xs_inputs, ctx.carry_rows, captured)
         block = defer_block(tape)
+        if loop.checkpoint is not None:  # what every recomputed segment reads
+            values = loop.fresh_values(ctx.inputs[carry_count + x_count :])
+            transposed = loop.transposed_weights(values)
 
         for segment, (start, stop) in reversed(list(enumerate(loop.segments))):
             if loop.checkpoint is None:
                 records = ctx.steps
             else:  # replay this segment's steps again from its kept carry, keeping their records
-                values = loop.fresh_values(ctx.inputs[carry_count + x_count :])
-                xs = ctx.inputs[carry_count : carry_count + x_count]
-                _, records, _ = loop.run(values, ctx.checkpoints[segment], xs, range(start, stop), keep=True)
+                _, records, _ = loop.run(
+                    values, ctx.checkpoints[segment], xs_inputs, range(start, stop), keep=True,
+                    rows=ctx.carry_rows, transposed=transposed,
+                )  # fmt: skip
             offset = 0 if loop.checkpoint is None else start  # records[visit - offset] is visit's
             for block_stop in range(stop, start, -block):  # the deferred sums are flushed per block
                 block_start = max(block_stop - block, start)
@@ -1397,6 +1570,8 @@ def scan(
     )  # fmt: skip
     if checkpoint is None:  # (with checkpoints, steps are kept by segment: the first is run again)
         loop.first_step = traced_first_step(tracer, tape, carry_parts, y_parts or [])
+    else:
+        mark_batched(loop)
     outputs = Scan.apply(*inputs, loop=loop)
     final = _rebuild(outputs[: len(init_parts)], carry_is_tuple)
     ys = _rebuild(outputs[len(init_parts) :], y_is_tuple) if y_parts is not None else None
