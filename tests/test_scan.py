@@ -1104,6 +1104,29 @@ def test_a_step_input_with_fewer_axes_than_its_result_is_not_stacked_into_a_bloc
     assert batched_flags(ys) == [("Linear", False), ("Tanh", False)]
 
 
+class TanhOfCentred(ops.Tanh):
+    """tanh(x - mean over axis 0 of x): a forward of its own, not row-wise (stacked, axis 0 is the steps)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return ops.Tanh.forward(ctx, x - x.mean(axis=0, keepdims=True))
+
+
+def test_a_subclass_with_its_own_forward_is_not_batched_as_its_parent_is() -> None:
+    rng = np.random.default_rng(4)
+    weight, init, xs = tensor(rng, 3, 3), tensor(rng, 2, 3), tensor(rng, 6, 2, 3)
+
+    def step(h, x):
+        h = TanhOfCentred.apply(tl.linear(h, weight, x)).tanh()
+        return h, h
+
+    leaves = [weight, init, xs]
+    compiled = values_and_gradients(lambda: tl.scan(step, init, xs, checkpoint=3), leaves)
+    assert_same(compiled, values_and_gradients(lambda: written_out_loop(step, init, xs), leaves), ["W", "init", "xs"])
+    _, ys = tl.scan(step, init, xs, checkpoint=3)
+    assert batched_flags(ys) == [("Linear", True), ("TanhOfCentred", False), ("Tanh", False)]
+
+
 # ======================================================================== canaries
 #
 # The reverse replay is gradient code: which VJP sees which gradient, in which order,

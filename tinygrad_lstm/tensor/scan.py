@@ -786,7 +786,7 @@ def mark_batched(loop: Loop) -> None:
         ndim = len(tape.meta[op.outputs[0]][0])
         op.batched = (
             bool(varying)
-            and all(i in op.function.row_wise and op.slots[i] in known for i in varying)
+            and all(i in row_wise_inputs(op.function) and op.slots[i] in known for i in varying)
             and all(len(tape.meta[op.slots[i]][0]) == ndim for i in varying)  # stacked, they still broadcast
             and all(op.kwargs.get(name) is not None for name in op.function.axis_arguments)  # (given, an int)
             and not op.wrap_scalars
@@ -794,6 +794,12 @@ def mark_batched(loop: Loop) -> None:
         )
         if op.batched:
             known.update(op.outputs)
+
+
+def row_wise_inputs(function: type[Function]) -> tuple[int, ...]:
+    """``function.row_wise``, as declared by the class whose ``forward`` runs (a new forward promises nothing)."""
+    owner = next(klass for klass in function.__mro__ if "forward" in vars(klass))
+    return vars(owner).get("row_wise", ())
 
 
 def saved_values(index: int, op: TapeOp) -> list[str] | None:
