@@ -7,7 +7,8 @@ gradient of every input — init, xs and the tensors the step reads without rece
 them — to 1e-12 in float64. Then the canaries break the reverse replay on purpose (a
 skipped step, a wrong VJP on the tape, two ops trading their saved arrays, the ops
 replayed in forward order, a dropped or truncated deferred weight GEMM, a checkpoint
-recompute from a wrong carry) and check that these very properties go red.
+recompute from a wrong carry, recomputed blocks one step off) and check that these very
+properties go red.
 """
 
 from __future__ import annotations
@@ -1070,7 +1071,7 @@ def test_a_checkpointed_rnn_or_gru_step_is_recomputed_whole_a_block_at_a_time(ki
     assert all(batched for _, batched in batched_flags(output))
 
 
-def test_without_checkpoints_or_with_a_carry_that_is_not_a_y_only_x_only_ops_are_batched() -> None:
+def test_nothing_is_batched_without_checkpoints_and_only_x_only_ops_where_the_carry_is_not_a_y() -> None:
     x = tl.Tensor(np.ones((5, 2, 3)), dtype=tl.float64)
     output, _ = nn.LSTM(3, 4, dtype=tl.float64)(x)  # nothing is recomputed
     assert not any(batched for _, batched in batched_flags(output))

@@ -21,7 +21,8 @@ each with its Python bookkeeping. ``scan`` records one node for the whole loop:
    ran the first: its results and Contexts are that step's), calling each op's own
    ``forward``; each step keeps what the op's ``backward`` will need: the op's
    ``Context``, or for most built-ins just the tuple it saved (``checkpoint=k`` keeps
-   only every k-th carry instead).
+   only every k-th carry instead; backward then recomputes each segment of k steps,
+   running the ops that need no earlier step for many steps at once: ``mark_batched``).
 3. **replay backward**: the tape's VJPs run in reverse, over time in reverse; the
    carry's gradient flows from step t to step t-1. A loop-invariant weight of a
    ``Linear`` or ``MatMul`` gets its gradient from one VJP call on the stacked steps:
