@@ -201,6 +201,12 @@ def battery() -> list[Check]:
             lambda h0, xs, w: _np_scan_rnn(h0, xs, w),
             [uniform(2, 3), uniform(4, 2, 3), uniform(3, 3)],
         ),
+        Check(  # y is the carry: the recomputed segments run their steps in blocks (scan.mark_batched)
+            "tl.scan (RNN step, y = h, checkpoint=2)",
+            lambda h0, xs, w: tl.scan(lambda h, x: _rnn_step(h, x, w, scale=1.0), h0, xs, checkpoint=2),
+            lambda h0, xs, w: _np_scan_rnn(h0, xs, w, scale=1.0),
+            [uniform(2, 3), uniform(4, 2, 3), uniform(3, 3)],
+        ),
         Check(
             "tl.compile (where, comparison, logsumexp)",
             tl.compile(lambda x: tl.where(x > 0, x * x, x * 0.5).logsumexp(axis=1)),
@@ -210,16 +216,16 @@ def battery() -> list[Check]:
     ]
 
 
-def _rnn_step(h, x, weight):
+def _rnn_step(h, x, weight, scale=2.0):
     h = tl.linear(h, weight, x).tanh()
-    return h, h * 2.0
+    return h, h if scale == 1.0 else h * scale
 
 
-def _np_scan_rnn(h, xs, weight):
+def _np_scan_rnn(h, xs, weight, scale=2.0):
     ys = []
     for x in xs:
         h = np.tanh(h @ weight.T + x)
-        ys.append(h * 2.0)
+        ys.append(h * scale)
     return h, np.stack(ys)
 
 
