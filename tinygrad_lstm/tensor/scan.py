@@ -791,7 +791,7 @@ def mark_batched(loop: Loop) -> None:
             and all(len(tape.meta[op.slots[i]][0]) == ndim for i in varying)  # stacked, they still broadcast
             and all(op.kwargs.get(name) is not None for name in op.function.axis_arguments)  # (given, an int)
             and not op.wrap_scalars
-            and (not op.saves_only or saved_values(index, op) is not None)
+            and (not op.saves_only or (not op.multi_output and saved_values(index, op) is not None))  # (see skipped)
         )
         if op.batched:
             known.update(op.outputs)
