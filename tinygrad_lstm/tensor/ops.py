@@ -240,7 +240,7 @@ class Linear(Function):
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad
-        grad_x = g @ weight if need_x else None
+        grad_x = _rows_times(g, weight) if need_x else None  # (one 2-D product for any rank of x)
         grad_weight = None
         if need_weight:
             grad_weight = g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
