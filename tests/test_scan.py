@@ -1933,7 +1933,8 @@ def test_deferred_sums_stack_the_steps_an_op_got_a_gradient_at_when_they_are_not
     h0, xs = tensor(rng, 2, 2), tensor(rng, 4, 2, 2)
     _, ys = tl.scan(lambda h, x: ((tl.linear(h, weight) + x[:, :1]).tanh()[:, :2] * 1.0, h), h0, xs)
     loop = ys.grad_fn.loop
-    deferred = scan_module.DeferredSums(loop, [xs.data], {}, scan_module.Accumulator(len(loop.tape.captured_slots)))
+    captured = scan_module.Accumulator(len(loop.tape.captured_slots))
+    deferred = scan_module.DeferredSums(loop, [xs.data], {}, captured, [None])
     deferred.start_block(range(4))
     op_index = next(k for k, op in enumerate(loop.tape.ops) if op.deferred)
     inputs = {t: rng.standard_normal((2, 2)) for t in (3, 1, 0)}  # step 2 had no gradient
@@ -1959,6 +1960,82 @@ def test_a_block_of_deferred_sums_fits_its_bytes_but_keeps_its_rows(batch, width
     xs = tl.Tensor(rng.standard_normal((2, batch, width)).astype(np.float32))
     _, ys = tl.scan(lambda h, x: (h, tl.linear(h, weight) * x), h0, xs)
     assert scan_module.defer_block(ys.grad_fn.loop.tape) == steps
+
+
+def linear_on_x_step(w_x: tl.Tensor, w_h: tl.Tensor):
+    """h' = tanh(x_t W_xᵀ + h W_hᵀ + x_t / 2): x_t reaches the step through a Linear and once more."""
+
+    def step(h, x):
+        h = (tl.linear(x, w_x) + tl.linear(h, w_h) + x * 0.5).tanh()
+        return h, h
+
+    return step
+
+
+@pytest.mark.parametrize("reverse, checkpoint", [(False, None), (True, None), (False, 2)])
+def test_an_x_that_wants_a_gradient_gets_it_from_one_product_over_the_steps(reverse: bool, checkpoint) -> None:
+    """A stacked layer's input: x_t W at every step is G W, added into the rows the steps wrote (x_t / 2's part)."""
+    rng = np.random.default_rng(6)
+    w_x, w_h, h0, xs = tensor(rng, 3, 3), tensor(rng, 3, 3), tensor(rng, 2, 3), tensor(rng, 7, 2, 3)
+    step = linear_on_x_step(w_x, w_h)
+    leaves = [w_x, w_h, h0, xs]
+    compiled = values_and_gradients(lambda: tl.scan(step, h0, xs, reverse=reverse, checkpoint=checkpoint), leaves)
+
+    def written_out():
+        carry, ys = h0, [None] * 7
+        for t in reversed(range(7)) if reverse else range(7):
+            carry, ys[t] = step(carry, xs[t])
+        return carry, tl.stack(ys)
+
+    assert_same(compiled, values_and_gradients(written_out, leaves), ["W_x", "W_h", "h0", "xs"])
+    _, ys = tl.scan(step, h0, xs, reverse=reverse, checkpoint=checkpoint)
+    assert [op.deferred for op in ys.grad_fn.loop.tape.ops if op.function is ops.Linear] == [(0, 1), (1,)]
+
+
+def test_an_x_whose_weight_changes_by_step_keeps_its_gradient_per_step() -> None:
+    rng = np.random.default_rng(7)
+    w_h, h0, xs, weights = tensor(rng, 3, 3), tensor(rng, 2, 3), tensor(rng, 5, 2, 3), tensor(rng, 5, 3, 3)
+
+    def step(h, inputs):
+        x, w_t = inputs
+        h = (tl.linear(x, w_t) + tl.linear(h, w_h)).tanh()
+        return h, h
+
+    leaves = [w_h, h0, xs, weights]
+    compiled = values_and_gradients(lambda: tl.scan(step, h0, (xs, weights)), leaves)
+
+    def written_out():
+        carry, ys = h0, []
+        for t in range(5):
+            carry, y = step(carry, (xs[t], weights[t]))
+            ys.append(y)
+        return carry, tl.stack(ys)
+
+    eager = values_and_gradients(written_out, leaves)
+    assert_same(compiled, eager, ["W_h", "h0", "xs", "weights"])
+    _, ys = tl.scan(step, h0, (xs, weights))
+    assert [op.deferred for op in ys.grad_fn.loop.tape.ops if op.function is ops.Linear] == [(), (1,)]
+
+
+def test_deferred_x_gradients_of_steps_that_are_not_consecutive_go_to_their_own_rows() -> None:
+    rng = np.random.default_rng(8)
+    w_x, w_h, h0, xs = tensor(rng, 3, 3), tensor(rng, 3, 3), tensor(rng, 2, 3), tensor(rng, 4, 2, 3)
+    _, ys = tl.scan(linear_on_x_step(w_x, w_h), h0, xs)
+    loop = ys.grad_fn.loop
+    xs_grad = rng.standard_normal((4, 2, 3))  # what the steps wrote in their rows
+    before = xs_grad.copy()
+    deferred = scan_module.DeferredSums(
+        loop, [xs.data], {}, scan_module.Accumulator(len(loop.tape.captured_slots)), [xs_grad]
+    )
+    deferred.start_block(range(4))
+    op_index = next(k for k, op in enumerate(loop.tape.ops) if 0 in op.deferred)
+    grads = {t: rng.standard_normal((2, 3)) for t in (3, 1, 0)}  # step 2 had no gradient
+    for t in (3, 1, 0):  # the reverse replay's order; Linear saves (x, W)
+        deferred.collect(op_index, t, (xs.data[t], w_x.data), grads[t])
+    deferred.flush()
+    for t in range(4):
+        want = before[t] + (grads[t] @ w_x.data if t in grads else 0.0)
+        np.testing.assert_allclose(xs_grad[t], want, **TOLERANCE)
 
 
 def test_the_traced_first_step_is_not_run_again(monkeypatch) -> None:

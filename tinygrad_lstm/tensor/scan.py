@@ -725,14 +725,17 @@ def hoist_invariant_ops(tape: Tape) -> None:
 # ------------------------------------------------------ deferred weight gradients
 
 
-def mark_deferred(tape: Tape) -> None:
-    """Find the loop-invariant inputs whose gradient is one VJP over the stacked steps.
+def mark_deferred(tape: Tape, x_in: Collection[int] = ()) -> None:
+    """Find the inputs whose gradient over many steps is one VJP on the stacked steps.
 
     ``Linear(x, W, b)``'s VJP gives ``W`` the gradient ``gᵀ x`` and ``b`` the gradient
     ``g``; summed over the steps of a loop that is ``Gᵀ X`` and ``Σ G``, with G and X the
     per-step g and x stacked: the same VJP, called once on stacked arrays. The same holds
     for ``MatMul(a, B)`` with 2-D a. So when W (or b, or B) is an implicit input of the
     loop, the per-step VJP skips it and :func:`deferred_gradients` does it afterwards.
+    And when x is x_t itself (of ``x_in``, the slots of the loop's xs) and W is the same
+    at every step, x_t's gradient ``g_t W`` at every step is ``G W``, one product too
+    (a stacked layer's input, which wants a gradient): the rows of xs's gradient.
     """
     captured = set(tape.captured_slots)
     for op in tape.ops:
@@ -741,12 +744,14 @@ def mark_deferred(tape: Tape) -> None:
         if not op.records:
             continue
         if op.function is ops.Linear:
-            candidates = (1, 2)
+            candidates = [i for i in (1, 2) if i < len(op.slots) and op.slots[i] in captured]
+            if op.slots[0] in x_in and op.slots[1] in captured:
+                candidates.insert(0, 0)
         elif op.function is ops.MatMul and len(tape.meta[op.slots[0]][0]) == 2 and len(tape.meta[op.slots[1]][0]) == 2:
-            candidates = (1,)
+            candidates = [1] if op.slots[1] in captured else []
         else:
             continue
-        deferred = tuple(i for i in candidates if i < len(op.slots) and op.needs[i] and op.slots[i] in captured)
+        deferred = tuple(i for i in candidates if op.needs[i])
         if deferred:
             op.deferred = deferred
             op.step_needs = tuple(need and i not in deferred for i, need in enumerate(op.needs))
@@ -833,7 +838,8 @@ def deferred_gradients(
     ``saved`` holds the op's ``saved_tensors`` at each step; ``stacked_grad`` is the
     output gradients, stacked in the same order; ``first_input``, when the caller has
     it, is the first inputs of these steps already stacked (a slice of xs or ys);
-    otherwise they are stacked from ``saved``.
+    otherwise they are stacked from ``saved``. A loop-invariant input's gradient is
+    summed over the steps; a deferred first input's (x_t) is that of every step, stacked.
     """
     op = tape.ops[op_index]
     if first_input is None:
@@ -848,12 +854,14 @@ def deferred_gradients(
     result = []
     for i in op.deferred:
         shape, dtype = tape.meta[op.slots[i]]
+        if i == 0:  # x_t of every step: the stacked shape
+            shape = first_input.shape
         result.append((op.slots[i], fit_gradient(input_grads[i], shape, dtype, op.function.__name__)))
     return result
 
 
 class DeferredSums:
-    """The deferred weight gradients of a loop's backward: collected per step, summed per block.
+    """The deferred gradients of a loop's backward (weights, x_t): collected per step, one VJP per block.
 
     The reverse replay visits the steps block by block (:func:`defer_block` steps, see
     :meth:`start_block`) and hands :meth:`collect` the output gradient of each op with
@@ -862,14 +870,18 @@ class DeferredSums:
     back from memory); an array that two ops share (Linear's bias gradient is its
     output gradient, passed on unchanged) is copied once. At the end of the block
     :meth:`flush` calls :func:`deferred_gradients` once per op and adds the results into
-    ``captured``. An op input that is a row of an array the loop already holds is taken
-    as a slice of it instead of being stacked: x_t is row t of xs, and a carry the step
-    also returns as y (an RNN's h) is a row of that y's buffer (``carry_rows``, see
-    :meth:`Loop.y_buffers`).
+    ``captured``, or an x_t's into its rows of xs's gradient (``xs_grads``). An op input
+    that is a row of an array the loop already holds is taken as a slice of it instead of
+    being stacked: x_t is row t of xs, and a carry the step also returns as y (an RNN's h)
+    is a row of that y's buffer (``carry_rows``, see :meth:`Loop.y_buffers`).
     """
 
-    def __init__(self, loop: Loop, xs: Sequence[Any], carry_rows: dict[int, tuple[Any, int]], captured: Accumulator):
+    def __init__(
+        self, loop: Loop, xs: Sequence[Any], carry_rows: dict[int, tuple[Any, int]], captured: Accumulator,
+        xs_grads: Sequence[Any],
+    ):  # fmt: skip
         self.tape, self.captured = loop.tape, captured
+        self.xs_grads = {slot: grad for slot, grad in zip(loop.x_in, xs_grads) if grad is not None}
         # slot -> (array, shift): the slot's value at step t is array[t + shift]
         self.rows: dict[int, tuple[Any, int]] = {slot: (array, 0) for slot, array in zip(loop.x_in, xs)}
         self.rows.update(carry_rows)
@@ -904,9 +916,22 @@ class DeferredSums:
             first_input = self._rows_slice(op_index, entries)
             saved = [arrays for _, arrays, _ in entries]
             for slot, grad in deferred_gradients(self.tape, op_index, saved, self._grads(entries), first_input):
-                self.captured.add(self.position_of[slot], grad)
+                if slot in self.xs_grads:
+                    self._add_rows(self.xs_grads[slot], entries, grad)
+                else:
+                    self.captured.add(self.position_of[slot], grad)
         self.pending.clear()
         self.latest = None
+
+    @staticmethod
+    def _add_rows(xs_grad: Any, entries: list[tuple[int, tuple, Any]], grad: Any) -> None:
+        """Add x_t's gradient at these steps (``grad``, stacked) into row t of xs's gradient (written by the steps)."""
+        first, last = entries[0][0], entries[-1][0]
+        if last - first + 1 == len(entries):
+            xs_grad[first : last + 1] += grad
+        else:  # (a step without one)
+            for row, (t, _, _) in zip(grad, entries):
+                xs_grad[t] += row
 
     def _grads(self, entries: list[tuple[int, tuple, Any]]) -> Any:
         """The output gradients of these steps (ascending time), stacked: a slice of one buffer, if they share it."""
@@ -1459,7 +1484,7 @@ class Scan(Function):
         backward = loop.replay("backward")
         inputs = ctx.inputs if loop.checkpoint is not None else ctx.saved_tensors
         xs_inputs = inputs[carry_count : carry_count + x_count]
-        deferred = DeferredSums(loop, xs_inputs, ctx.carry_rows, captured)
+        deferred = DeferredSums(loop, xs_inputs, ctx.carry_rows, captured, xs_grads)
         block = defer_block(tape)
         if loop.checkpoint is not None:  # what every recomputed segment reads
             values = loop.fresh_values(ctx.inputs[carry_count + x_count :])
@@ -1568,7 +1593,7 @@ def scan(
     y_out = [tracer.slot(part) for part in y_parts or ()]
     tape = tracer.tape([tracer.slot(stand_in) for stand_in in stand_ins], carry_out + y_out)
     hoist_invariant_ops(tape)
-    mark_deferred(tape)
+    mark_deferred(tape, tape.input_slots[len(init_parts) :])
     inputs = [*init_parts, *(x_parts or ()), *tape.captured]
     keep = is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
     loop = Loop(
