@@ -398,10 +398,10 @@ def rows_read(tape: Tape) -> set[int]:
     """
     reads = set(tape.output_slots)
     for op in tape.ops:
-        if not skipped(op, True):
+        if skipped(op, True):  # not called at a step: only what it saves is read there
+            reads.update(slot for slot, _ in saved_slots(op))
+        else:
             reads.update(op.slots)
-        else:  # what it saves (see saved_values)
-            reads.update(op.outputs[i] if kind == "output" else op.slots[i] for kind, i in declared_roles(op.function))
     return {index for index, op in enumerate(tape.ops) if skipped(op, True) and op.outputs[0] in reads}
 
 
@@ -800,6 +800,8 @@ def mark_batched(loop: Loop) -> None:
         )
         if op.batched:
             known.update(op.outputs)
+    loop.batched = [index for index, op in enumerate(tape.ops) if op.batched]
+    loop.read_blocks = rows_read(tape)
 
 
 def row_wise_inputs(function: type[Function]) -> tuple[int, ...]:
@@ -808,20 +810,31 @@ def row_wise_inputs(function: type[Function]) -> tuple[int, ...]:
     return vars(owner).get("row_wise", ())
 
 
-def saved_values(index: int, op: TapeOp) -> list[str] | None:
-    """What built-in op ``index``'s forward saves, as the replay names those values; None if ``saves`` does not say."""
+def saved_slots(op: TapeOp) -> list[tuple[int, int]] | None:
+    """What a built-in op's forward saves, as (slot, input position); position -1 for its output.
+
+    The slot is -1 for a constant argument. None where ``saves`` does not say, or names
+    a keyword argument.
+    """
     if op.function.saves is None:
         return None
-    names = []
+    saved = []
     for kind, position in declared_roles(op.function):
         if kind == "output":
-            names.append(f"v{op.outputs[position]}")
+            saved.append((op.outputs[position], -1))
         elif position < len(op.slots):
-            slot = op.slots[position]
-            names.append(f"v{slot}" if slot >= 0 else f"const{index}_{position}")
+            saved.append((op.slots[position], position))
         else:
             return None  # (a keyword argument)
-    return names
+    return saved
+
+
+def saved_values(index: int, op: TapeOp) -> list[str] | None:
+    """What built-in op ``index``'s forward saves, as the replay names those values (:func:`saved_slots`)."""
+    saved = saved_slots(op)
+    if saved is None:
+        return None
+    return [f"v{slot}" if slot >= 0 else f"const{index}_{position}" for slot, position in saved]
 
 
 def deferred_gradients(
@@ -1007,6 +1020,9 @@ class Loop:
     # starts from there instead of running that step again (see traced_first_step).
     first_step: tuple[tuple[Any, ...], list[Any], list[Any]] | None = None
     structure: LoopStructure | None = None  # made by replay (see loop_structure)
+    # Set by mark_batched: the ops a recomputation runs for a block of steps, and those whose rows the steps read.
+    batched: list[int] = field(default_factory=list)
+    read_blocks: set[int] = field(default_factory=set)
 
     @property
     def order(self) -> range:
@@ -1071,11 +1087,6 @@ class Loop:
                 found[carried[slot]] = k
         return found
 
-    @property
-    def batched(self) -> list[int]:
-        """The indices of the ops a recomputation runs for a block of steps at once (see :func:`mark_batched`)."""
-        return [index for index, op in enumerate(self.tape.ops) if op.batched]
-
     def batch_steps(self) -> int:
         """Steps per block of a recomputation: as many as keep each batched op's result within ``BATCH_NUMBERS``."""
         steps = self.length
@@ -1095,7 +1106,6 @@ class Loop:
         result. Returns the results whose rows the steps read (:func:`rows_read`).
         """
         first, stop = min(times[0], times[-1]), max(times[0], times[-1]) + 1
-        read = rows_read(self.tape)
         known = {slot: x[first:stop] for slot, x in zip(self.x_in, xs)}
         known.update({slot: buffer[first + shift : stop + shift] for slot, (buffer, shift) in rows.items()})
         results = []
@@ -1113,7 +1123,7 @@ class Loop:
                 kwargs["weight_t"] = transposed[op.invariant_weight]
             result = op.function.forward(Context(op.function, self.tape.xp, op.device), *args, **kwargs)
             known.update(zip(op.outputs, result if op.multi_output else (result,)))
-            if index in read:
+            if index in self.read_blocks:
                 results.append(result)
         return results
 
@@ -1230,8 +1240,8 @@ def forward_loop_source(loop: Loop, keep: bool, in_blocks: bool = False) -> str:
     lines.append(f"    {_names('v', loop.carry_in)} = carry")
     if loop.x_in:
         lines.append(f"    {_names('xs', range(len(loop.x_in)))} = xs")
-    if in_blocks and rows_read(tape):
-        lines.append(f"    {_names('block', sorted(rows_read(tape)))} = blocks")
+    if in_blocks and loop.read_blocks:
+        lines.append(f"    {_names('block', sorted(loop.read_blocks))} = blocks")
     if loop.y_out:
         lines.append(
             f"    {_names('ys', range(len(loop.y_out)))} = ys if ys is not None else {(None,) * len(loop.y_out)}"
