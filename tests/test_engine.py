@@ -236,6 +236,50 @@ def test_gradients_accumulate_across_uses_and_backward_calls() -> None:
     np.testing.assert_array_equal(x.grad.numpy(), [13.0, 15.0, 17.0])
 
 
+def test_an_op_reading_the_second_output_of_a_node_sends_its_gradient_there() -> None:
+    x = tl.Tensor([1.0, 2.0, 3.0, 4.0], dtype=tl.float64, requires_grad=True)
+    first, second = x.split(2)
+    (first * second).sum().backward()  # d/dx = (second, first)
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 4.0, 1.0, 2.0])
+    x.grad = None
+    _, second = x.split(2)
+    (second * 10.0).sum().backward()  # a Tensor and a number: only the second output gets one
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 10.0, 10.0])
+
+
+def test_a_gradient_shared_by_two_inputs_is_never_added_into_in_place() -> None:
+    # Add hands one array to both inputs. u gets it first (from s + u) and then a second
+    # one (from u + v): adding that into the shared array in place would change v's too.
+    p = tl.Tensor([1.0, 2.0], dtype=tl.float64, requires_grad=True)
+    u, v = p * 2.0, p * 3.0
+    s = u + v
+    (s + u).sum().backward()  # = Σ 7p
+    np.testing.assert_array_equal(p.grad.numpy(), [7.0, 7.0])
+
+
+def test_float32_gradients_stay_float32_through_one_and_several_output_ops() -> None:
+    x = tl.Tensor([0.5, -1.0, 2.0, 0.25], requires_grad=True)
+    first, second = x.split(2)
+    middle = (x * 2.0).tanh()
+    middle.retain_grad()  # what reached a float32 node, as the node kept it
+    loss = (middle.sum() + (first * second).exp().sum()).astype(tl.float64)
+    loss.backward()
+    assert middle.grad.dtype == tl.float32 and x.grad.dtype == tl.float32
+
+
+def test_ops_of_many_shapes_keep_each_output_shape_and_dtype() -> None:
+    # Nodes of one output share their (shape, dtype) records, of which the engine keeps
+    # a bounded number: more shapes than that must each still get the right gradient.
+    from tinygrad_lstm.tensor import function
+
+    for n in range(1, 4200):
+        x = tl.Tensor(np.arange(n, dtype=np.float64), requires_grad=True)
+        (x * x).sum().backward()
+        assert x.grad.shape == (n,) and x.grad.dtype == tl.float64
+        np.testing.assert_array_equal(x.grad.numpy(), 2 * np.arange(n))
+    assert len(function._one_output_metas) <= 4096
+
+
 def test_leaf_grads_are_independent_writable_arrays() -> None:
     a = tl.Tensor([1.0, 2.0], requires_grad=True)
     b = tl.Tensor([3.0, 4.0], requires_grad=True)
@@ -536,6 +580,7 @@ def test_mixing_devices_in_one_op_names_both(strict_device) -> None:
         lambda: on_cpu + elsewhere,
         lambda: elsewhere * on_cpu,
         lambda: tl.cat([on_cpu, elsewhere]),
+        lambda: tl.cat([on_cpu, on_cpu, elsewhere]),  # three inputs: Function.apply's general loop
         lambda: on_cpu @ elsewhere,
         lambda: on_cpu < elsewhere,
     ):

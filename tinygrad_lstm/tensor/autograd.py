@@ -274,7 +274,10 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                     shape, dtype = parent.output_meta[index]
                     if grad.shape != shape or grad.dtype is not dtype:  # (an equal dtype: fit does nothing)
                         grad = _fit_gradient(grad, shape, dtype, node)
-                    _accumulate_into_node(parent, index, grad, fresh)
+                    if parent.grads is None and not parent.multi_output:  # its first and only gradient
+                        parent.grads, parent.owned = [grad], [fresh]  # (_accumulate_into_node, written out)
+                    else:
+                        _accumulate_into_node(parent, index, grad, fresh)
                 remaining = consumers[parent] - 1
                 consumers[parent] = remaining
                 if remaining == 0:

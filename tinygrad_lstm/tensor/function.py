@@ -241,52 +241,51 @@ class Function:
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        """Run ``forward`` on the inputs' arrays and record the node if grad is needed.
-
-        An input's edge says where its gradient goes: the leaf Tensor itself, its
-        creator ``(node, output_index)``, or None (not a Tensor, or no gradient wanted).
-        """
+        """Run ``forward`` on the inputs' arrays and record the node if grad is needed (see ``_inputs``)."""
         if tracing_threads:
             tracer = _tracing.tracer
             if tracer is not None:
                 return tracer.record(cls, args, kwargs)
-        device = None
-        requires_grad = False
-        arrays, edges, needs = [], [], []
-        for arg in args:
-            if isinstance(arg, Tensor):
-                if device is None:
-                    device = arg.device
-                elif arg.device != device:
-                    raise backend.DeviceError(
-                        f"{cls.__name__}: inputs are on different devices, {device!r} and "
-                        f"{arg.device!r}; move them to one device with .to(device)"
-                    )
-                arrays.append(arg.data)
-                if arg._requires_grad:
-                    requires_grad = True
-                    node = arg._node
-                    edges.append(arg if node is None else (node, arg._output_index))
-                    needs.append(True)
-                    continue
+        if len(args) == 2:  # a binary op (most are): the loop of _inputs, written out for two
+            a, b = args
+            if isinstance(a, Tensor):
+                device, first = a.device, a.data
+                edge_a = (a if a._node is None else (a._node, a._output_index)) if a._requires_grad else None
             else:
-                arrays.append(arg)
-            edges.append(None)
-            needs.append(False)
+                device, first, edge_a = None, a, None
+            if isinstance(b, Tensor):
+                if device is None:
+                    device = b.device
+                elif b.device != device:
+                    raise _device_mismatch(cls, device, b.device)
+                second = b.data
+                edge_b = (b if b._node is None else (b._node, b._output_index)) if b._requires_grad else None
+            else:
+                second, edge_b = b, None
+            arrays, edges = [first, second], (edge_a, edge_b)
+            needs = _PAIR_NEEDS[edge_a is not None][edge_b is not None]
+        else:
+            arrays, edges, needs, device = _inputs(cls, args)
         target = _known_devices.get(device) or backend.get_device(device or backend.default_device())
-        ctx = Context(cls, target.xp, target.name)
+        ctx = _new_tensor(Context)  # (Context.__init__, written out: this is the hottest path)
+        ctx.function = cls
+        ctx.xp = target.xp
+        ctx.device = ctx.output_device = target.name
+        ctx.saved_tensors = ()
+        ctx.clock = in_place_writes.clock
+        ctx.freed = False
         output = cls.forward(ctx, *arrays, **kwargs)
-        record = requires_grad and _grad_mode.enabled
+        record = _grad_mode.enabled and True in needs
         node = ctx if record else None
         if type(output) is tuple:
             result = tuple([_wrap(ctx, out, target, node, i) for i, out in enumerate(output)])
             meta = tuple([(out.data.shape, out.data.dtype) for out in result])
         else:
             result = _wrap(ctx, output, target, node, 0)
-            meta = ((result.data.shape, result.data.dtype),)
+            meta = _one_output_meta(result.data)
         if record:
-            ctx.edges = tuple(edges)
-            ctx.needs_input_grad = tuple(needs)
+            ctx.edges = edges
+            ctx.needs_input_grad = needs
             ctx.output_meta = meta
             ctx.multi_output = type(output) is tuple
             ctx.grads = None  # made by backward when the first gradient arrives
@@ -295,6 +294,63 @@ class Function:
             if record_source is not None:
                 ctx.source = record_source()
         return result
+
+
+def _inputs(cls: type[Function], args: tuple) -> tuple[list, tuple, tuple, str | None]:
+    """``(arrays, edges, needs_input_grad, device)`` of an op's positional arguments.
+
+    An input's edge says where its gradient goes: the leaf Tensor itself, its creator
+    ``(node, output_index)``, or None (not a Tensor, or no gradient wanted).
+    """
+    device = None
+    arrays, edges, needs = [], [], []
+    for arg in args:
+        if isinstance(arg, Tensor):
+            if device is None:
+                device = arg.device
+            elif arg.device != device:
+                raise _device_mismatch(cls, device, arg.device)
+            arrays.append(arg.data)
+            if arg._requires_grad:
+                node = arg._node
+                edges.append(arg if node is None else (node, arg._output_index))
+                needs.append(True)
+                continue
+        else:
+            arrays.append(arg)
+        edges.append(None)
+        needs.append(False)
+    return arrays, tuple(edges), tuple(needs), device
+
+
+def _device_mismatch(cls: type[Function], device: str, other: str) -> backend.DeviceError:
+    return backend.DeviceError(
+        f"{cls.__name__}: inputs are on different devices, {device!r} and {other!r}; "
+        "move them to one device with .to(device)"
+    )
+
+
+# ``needs_input_grad`` of a binary op, shared: a new tuple per node would be one more
+# object for the garbage collector to track for as long as the graph lives.
+_PAIR_NEEDS = (((False, False), (False, True)), ((True, False), (True, True)))
+
+_one_output_metas: dict[tuple, tuple] = {}
+
+
+def _one_output_meta(array: Any) -> tuple:
+    """``((shape, dtype),)``, the ``output_meta`` of a one-output node: one tuple shared per shape and dtype.
+
+    Shared for the garbage collector's sake: made anew, it is three more tracked objects
+    per node for as long as the graph lives (the collector's passes over a long graph
+    took a tenth of an eager op's time; see benchmarks/run.py, workload "overhead").
+    """
+    key = (array.shape, array.dtype)
+    meta = _one_output_metas.get(key)
+    if meta is None:
+        if len(_one_output_metas) >= 4096:  # shapes that come and go: begin afresh
+            _one_output_metas.clear()
+        meta = _one_output_metas[key] = (key,)
+    return meta
 
 
 def saved_roles(saved: tuple, inputs: list, output: Any) -> tuple:
