@@ -280,6 +280,20 @@ def test_ops_of_many_shapes_keep_each_output_shape_and_dtype() -> None:
     assert len(function._one_output_metas) <= 4096
 
 
+def test_a_recorded_node_starts_as_a_context_made_by_its_init() -> None:
+    # Function.apply makes its Context without calling __init__ (the hottest path).
+    from tinygrad_lstm.tensor.function import Context
+
+    x = tl.Tensor([1.0, 2.0], requires_grad=True)
+    node = (x * 2.0).grad_fn
+    made = Context(node.function, node.xp, node.device)
+    for name in Context.__slots__:
+        if name in ("__dict__", "saved_tensors", "clock") or not hasattr(made, name):
+            continue
+        assert getattr(node, name) == getattr(made, name), name
+    assert node.clock == made.clock and node.saved_tensors == (x.data, 2.0)
+
+
 def test_leaf_grads_are_independent_writable_arrays() -> None:
     a = tl.Tensor([1.0, 2.0], requires_grad=True)
     b = tl.Tensor([3.0, 4.0], requires_grad=True)

@@ -146,6 +146,7 @@ class Context:
     saved_roles = None  # for a user's Function: what each saved array was (see saved_roles)
 
     def __init__(self, function, xp, device):
+        # Function.apply writes these lines out (its hottest path): keep the two alike.
         self.function = function
         self.xp = xp
         self.device = device
