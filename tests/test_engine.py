@@ -504,6 +504,16 @@ def test_user_function_returning_none_gives_no_gradient() -> None:
     np.testing.assert_array_equal(b.grad.numpy(), [4.0, 6.0])  # only through the product
 
 
+def test_a_node_no_gradient_reaches_runs_no_vjp_and_is_freed() -> None:
+    a = tl.Tensor([1.0, 2.0], dtype=tl.float64, requires_grad=True)
+    b = tl.Tensor([3.0, 4.0], dtype=tl.float64, requires_grad=True)
+    first, second = (b * 2.0).tanh(), (b * 3.0).split(1)[1]  # one- and several-output nodes
+    (StopSecond.apply(a, first) + StopSecond.apply(a, second)).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [2.0, 2.0])
+    assert b.grad is None  # nothing reached the Tanh, the Split or the Muls
+    assert first.grad_fn.freed and second.grad_fn.freed  # and each was released all the same
+
+
 def test_user_function_returning_the_wrong_number_of_gradients_says_so() -> None:
     class TwoGrads(tl.Function):
         @staticmethod

@@ -91,7 +91,7 @@ def _count_consumers(roots: list[Context]) -> dict[Context, int]:
         if node.freed:
             _refuse_freed(node)
         for edge in node.edges:
-            if edge is None or isinstance(edge, Tensor):
+            if type(edge) is not tuple:  # None or a leaf
                 continue
             parent = edge[0]
             if parent in consumers:
@@ -233,26 +233,24 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
     ready = [node for node, count in consumers.items() if count == 0]
     while ready:
         node = ready.pop()
-        output_grads = node.grads or (None,) * len(node.output_meta)
+        grads = node.grads
+        output_grads = grads or (None,) * len(node.output_meta)
         if captured_outputs:
             for index, grad in enumerate(output_grads):
                 position = captured_outputs.get((id(node), index))
                 if position is not None:
                     results[position] = grad
-        if node.retained is not None and node.grads is not None and not captured_outputs:
+        if node.retained is not None and grads is not None and not captured_outputs:
             _fill_retained(node)
         edges = node.edges
-        if node.multi_output:
-            has_grad = any(grad is not None for grad in output_grads)
-        else:
-            has_grad = output_grads[0] is not None
-        if has_grad:
+        function = node.function
+        if grads is not None:  # (made as the first gradient arrives: then some output has one)
             if node.clock != in_place_writes.clock and node.saved_tensors:
                 _check_saved_arrays(node)
             if create_graph:
-                input_grads = recorded_backward(node, _materialize(node) if node.multi_output else output_grads)
+                input_grads = recorded_backward(node, _materialize(node) if node.multi_output else grads)
             else:
-                input_grads = node.function.backward(node, *(_materialize(node) if node.multi_output else output_grads))
+                input_grads = function.backward(node, *(_materialize(node) if node.multi_output else grads))
             if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
             if len(input_grads) != len(edges):
@@ -262,7 +260,7 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
                 )
         else:
             input_grads = (None,) * len(edges)
-        fresh = not create_graph and node.function.fresh_gradients
+        fresh = not create_graph and function.fresh_gradients
         if fresh and len(input_grads) > 1 and input_grads[0] is input_grads[1]:
             fresh = _same_destination(edges[0], edges[1])  # x * x: then the second adds in place
         for edge, grad in zip(edges, input_grads):
