@@ -750,3 +750,21 @@ def test_backward_canary_in_a_custom_function_fails_the_gradcheck():
     _assert_cell_matches_reference("rnn_tanh", cell, x, (h,))  # forward is right
     with pytest.raises(GradcheckError, match=r"d\(input 0\)|d\(input 1\)|d\(input \d\)"):
         gradcheck(lambda x, h, *params: cell(x, h), (x, h, *cell.parameters()))
+
+
+def test_the_input_projection_is_hoisted_out_of_the_loop_only_while_it_is_small(monkeypatch) -> None:
+    looped = []  # the shape of what tl.scan steps over: projected inputs (G·H wide) or raw ones
+
+    def spy(step, init, xs, **options):
+        looped.append(xs.shape)
+        return real_scan(step, init, xs, **options)
+
+    real_scan = recurrent.scan
+    monkeypatch.setattr(recurrent, "scan", spy)
+    lstm, gru = nn.LSTM(3, 4), nn.GRU(3, 4)
+    x = tl.Tensor(np.ones((5, 2, 3), dtype=np.float32))
+    lstm(x), gru(x)
+    assert looped == [(5, 2, 16), (5, 2, 12)]  # 4 and 3 gates of 4
+    monkeypatch.setattr(recurrent, "PROJECTION_LIMIT", 5 * 2 * 16 - 1)  # one number too many for the LSTM
+    lstm(x), gru(x)
+    assert looped[2:] == [(5, 2, 3), (5, 2, 12)]

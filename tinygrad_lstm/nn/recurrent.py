@@ -300,8 +300,8 @@ PROJECTION_LIMIT = 1 << 18
 
 def _small_projection(cell: RecurrentCell, x: Tensor) -> bool:
     """Whether ``cell.project_input`` of all of x stays within ``PROJECTION_LIMIT`` numbers."""
-    with no_grad():  # one step's projection, to learn its width
-        width = cell.project_input(x[:1]).shape[-1]
+    with no_grad():  # one row's projection (of one step, one sequence), to learn its width
+        width = cell.project_input(x[:1, :1]).shape[-1]
     return x.shape[0] * x.shape[1] * width <= PROJECTION_LIMIT
 
 
