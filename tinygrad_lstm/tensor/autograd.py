@@ -234,9 +234,8 @@ def _propagate(root_nodes, retain_graph, deliver_to_leaf, captured_outputs, resu
     while ready:
         node = ready.pop()
         grads = node.grads
-        output_grads = grads or (None,) * len(node.output_meta)
-        if captured_outputs:
-            for index, grad in enumerate(output_grads):
+        if captured_outputs and grads is not None:
+            for index, grad in enumerate(grads):
                 position = captured_outputs.get((id(node), index))
                 if position is not None:
                     results[position] = grad
