@@ -111,6 +111,28 @@ def test_contiguous_transpose_of_a_strided_view() -> None:
     np.testing.assert_array_equal(backend.contiguous_transpose(np, matrix), matrix.T)
 
 
+@pytest.mark.parametrize(
+    ("shape", "count"),
+    # rows of 1..2048 numbers; row counts below, at, and past two groups, with and without a remainder
+    [((2048, 128), 1), ((64, 32, 128), 2), ((65, 31, 128), 2), ((3, 4000, 1), 2), ((4097, 3), 1), ((7, 3), 1),
+     ((5, 2, 4096), 1), ((300, 2, 2, 5), 3), ((9000,), 1)],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_leading_axes_is_the_sum_over_those_axes(shape, count, dtype) -> None:
+    array = np.random.default_rng(1).random(shape).astype(dtype)  # positive: sums without cancellation
+    total = backend.sum_leading_axes(array, count)
+    exact = array.astype(np.float64).sum(axis=tuple(range(count)))
+    assert total.shape == shape[count:] and total.dtype == dtype
+    np.testing.assert_allclose(total, exact, rtol=(2e-6 if dtype == np.float32 else 1e-13))
+
+
+def test_sum_leading_axes_of_views_and_of_nothing() -> None:
+    array = np.arange(2.0 * 3000 * 4).reshape(2, 3000, 4)
+    np.testing.assert_array_equal(backend.sum_leading_axes(array[:, ::2], 2), array[:, ::2].sum(axis=(0, 1)))
+    np.testing.assert_array_equal(backend.sum_leading_axes(np.zeros((0, 5)), 1), np.zeros(5))
+    np.testing.assert_array_equal(backend.sum_leading_axes(np.zeros((5, 0)), 1), np.zeros(0))
+
+
 # ------------------------------------------------------------------ factories
 
 

@@ -35,6 +35,8 @@ def sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
     axes = tuple(range(extra)) + tuple(
         i + extra for i, size in enumerate(shape) if size == 1 and grad.shape[i + extra] != 1
     )
+    if axes and axes == tuple(range(len(axes))) and type(grad) is not Tensor:  # leading axes only (a bias)
+        return backend.sum_leading_axes(grad, len(axes)).reshape(shape)
     grad = grad.sum(axis=axes, keepdims=True) if axes else grad
     return grad.reshape(shape)
 
