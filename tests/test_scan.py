@@ -1743,6 +1743,36 @@ def test_checkpointing_lowers_peak_memory() -> None:
     )
 
 
+def test_a_y_its_op_saves_is_kept_once_as_its_row_of_the_ys_buffer() -> None:
+    """An RNN's h = tanh(·): Tanh saves its output, which is also the step's y. Each replayed
+    step's record holds the row of ys (no second copy of every h until backward), and the
+    gradients are still those of the written-out loop."""
+    rng = np.random.default_rng(9)
+    weight, h0, xs = tensor(rng, 4, 4), tensor(rng, 2, 4), tensor(rng, 6, 2, 4)
+
+    def step(h, x):
+        h = tl.linear(h, weight, x).tanh()
+        return h, h
+
+    _, ys = tl.scan(step, h0, xs)
+    node = ys.grad_fn
+    tanh = next(k for k, op in enumerate(node.loop.tape.ops) if op.function is ops.Tanh)
+    position = [k for k, op in enumerate(node.loop.tape.ops) if op.records].index(tanh)
+    for t, record in enumerate(node.steps[1:], start=1):  # (step 0's record is the trace's own)
+        (saved,) = record[position]
+        assert np.shares_memory(saved, ys.data) and np.array_equal(saved, ys.data[t])
+    compiled = values_and_gradients(lambda: tl.scan(step, h0, xs), [weight, h0, xs])
+
+    def written_out():
+        carry, outputs = h0, []
+        for t in range(6):
+            carry, y = step(carry, xs[t])
+            outputs.append(y)
+        return carry, tl.stack(outputs)
+
+    assert_same(compiled, values_and_gradients(written_out, [weight, h0, xs]), ["W", "h0", "xs"])
+
+
 # ------------------------------------------------------------- in-place changes
 
 

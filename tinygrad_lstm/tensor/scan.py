@@ -92,6 +92,8 @@ class TapeOp:
         # A built-in op whose forward wrote nothing to its Context but saved_tensors: in a
         # loop, its Context is one scratch object for all steps (see forward_loop_source).
         self.saves_only = False
+        # For each array a built-in op saved when traced: the index of the output it is, or -1 (an input, say).
+        self.saved_as_output: tuple[int, ...] = ()
         self.batched = False  # a loop recomputing steps runs it for many steps at once (see mark_batched)
 
 
@@ -264,6 +266,11 @@ class Tracer:
             multi_output, needs_tuple, wrap_scalars, grad_enabled, step_needs=needs_tuple,
         )  # fmt: skip
         op.saves_only = cls.__module__ == ops.__name__ and not ctx.__dict__ and ctx.output_device == ctx.device
+        if cls.__module__ == ops.__name__:
+            outputs = [result.data for result in results]
+            op.saved_as_output = tuple(
+                next((k for k, out in enumerate(outputs) if out is array), -1) for array in ctx.saved_tensors
+            )
         self.ops.append(op)
         self.contexts[id(op)] = ctx
         return tuple(results) if multi_output else results[0]
@@ -1255,11 +1262,35 @@ def forward_loop_source(loop: Loop, keep: bool, in_blocks: bool = False) -> str:
         lines.append("        if ys is not None:")
         for k, slot in enumerate(loop.y_out):
             lines.append(f"            ys{k}[t] = v{slot}; v{slot} = ys{k}[t]")
+        if keep:
+            lines.extend(f"            {line}" for line in saved_ys_as_rows(tape, set(loop.y_out)))
     if keep:
         lines.append(f"        steps.append(({''.join(f'{record}, ' for record in kept_records(tape))}))")
     lines.append(f"        {_names('v', loop.carry_in)} = {_names('v', loop.carry_out)}")
     lines.append(f"    return [{', '.join(f'v{slot}' for slot in loop.carry_in)}]")
     return "\n".join(lines)
+
+
+def saved_ys_as_rows(tape: Tape, y_slots: set[int]) -> list[str]:
+    """Lines that hand each op which saved a y of the step that y's row of its buffer, in place of its own array.
+
+    Run right after the step wrote its y parts into the ys buffers (``vN`` is then the
+    row). An op that saves its output (Tanh, Sigmoid: VJPs from y), when that output is
+    a y of the step (an RNN's h = tanh(·)), would otherwise keep the array it made
+    until backward, next to the row holding the same numbers: each step's y twice in
+    memory. Holding the row, the record frees that array at once, and the next step's
+    output takes its memory while it is still in cache.
+    """
+    lines = []
+    for index, op in enumerate(tape.ops):
+        rows = [op.outputs[k] if k >= 0 and op.outputs[k] in y_slots else -1 for k in op.saved_as_output]
+        if not op.records or all(slot < 0 for slot in rows):
+            continue
+        saved = "".join(
+            f"v{slot}, " if slot >= 0 else f"c{index}.saved_tensors[{position}], " for position, slot in enumerate(rows)
+        )
+        lines.append(f"c{index}.saved_tensors = ({saved})")
+    return lines
 
 
 def backward_loop_source(loop: Loop) -> str:
@@ -1376,7 +1407,8 @@ def loop_structure(loop: Loop) -> LoopStructure:
 # checks that these name every attribute a TapeOp has.
 OP_SHAPE = (
     "function", "device", "slots", "outputs", "multi_output", "needs", "wrap_scalars", "grad_enabled",
-    "step_needs", "deferred", "records", "all_slots", "invariant_weight", "saves_only", "batched",
+    "step_needs", "deferred", "records", "all_slots", "invariant_weight", "saves_only", "saved_as_output",
+    "batched",
 )  # fmt: skip
 OP_VALUES = ("constants", "kwargs")
 op_shape = operator.attrgetter(*OP_SHAPE)
