@@ -518,7 +518,10 @@ def backward_source(tape: Tape) -> str:
     seeded = set(tape.output_slots)
     for slot in gradient_slots(tape):
         lines.append(f"    g{slot} = grads[{slot}]" if slot in seeded else f"    g{slot} = None")
-    on_deferred = "if on_deferred is not None: on_deferred({index}, c{index}, {given})"
+
+    def on_deferred(index: int, given: str) -> list[str]:
+        return [f"if on_deferred is not None: on_deferred({index}, c{index}, {given})"]
+
     lines.extend(vjp_body(tape, "    ", on_deferred, seeded, restore=shared))
     if shared:
         lines.append(f"    {' = '.join(f'c{index}.saved_tensors' for index in shared)} = ()")
@@ -538,11 +541,14 @@ def replay_order(tape: Tape) -> list[tuple[int, TapeOp]]:
     return [(index, op) for index, op in reversed(list(enumerate(tape.ops))) if op.records]
 
 
-def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int], restore: Collection[int] = ()) -> list[str]:
+def vjp_body(
+    tape: Tape, indent: str, on_deferred: Callable[[int, str], list[str]], seeded: set[int],
+    restore: Collection[int] = (),
+) -> list[str]:  # fmt: skip
     """The VJP of every recording op in :func:`replay_order`, each input's gradient summed into its ``gN``.
 
-    ``on_deferred`` is the line (a format string of ``index`` and ``given``) that hands
-    an op with deferred inputs its output gradient. ``seeded``: the slots whose ``gN``
+    ``on_deferred(index, given)`` gives the lines that hand op ``index``, one with
+    deferred inputs, its output gradient (the expression ``given``). ``seeded``: the slots whose ``gN``
     may hold a gradient before the first VJP (the outputs'). A slot that no seed and
     only one VJP input reaches takes that gradient as it is, without the test for a sum.
     The ops of ``restore`` (indices) first put their saved tuple ``sK`` back into ``cK``.
@@ -564,7 +570,7 @@ def vjp_body(tape: Tape, indent: str, on_deferred: str, seeded: set[int], restor
         if index in restore:
             lines.append(f"{indent}    c{index}.saved_tensors = s{index}")
         if op.deferred:
-            lines.append(f"{indent}    " + on_deferred.format(index=index, given=given))
+            lines.extend(f"{indent}    {line}" for line in on_deferred(index, given))
         count = len(op.slots)
         primitive = op.function.__module__ == ops.__name__
         if primitive and count == 1:  # its VJP returns the one gradient (or a 1-tuple)
@@ -884,16 +890,19 @@ class DeferredSums:
     """The deferred gradients of a loop's backward (weights, x_t): collected per step, one VJP per block.
 
     The reverse replay visits the steps block by block (:func:`defer_block` steps, see
-    :meth:`start_block`) and hands :meth:`collect` the output gradient of each op with
-    deferred inputs. That gradient is copied at once into its row of a block buffer,
-    while it is still in cache (stacking the block's arrays at its end would read them
-    back from memory); an array that two ops share (Linear's bias gradient is its
-    output gradient, passed on unchanged) is copied once. At the end of the block
-    :meth:`flush` calls :func:`deferred_gradients` once per op and adds the results into
-    ``captured``, or an x_t's into its rows of xs's gradient (``xs_grads``). An op input
-    that is a row of an array the loop already holds is taken as a slice of it instead of
-    being stacked: x_t is row t of xs, and a carry the step also returns as y (an RNN's h)
-    is a row of that y's buffer (``carry_rows``, see :meth:`Loop.y_buffers`).
+    :meth:`start_block`). At each step, the generated loop copies the output gradient
+    of each op with deferred inputs into its row ``t - first`` of the op's block buffer
+    (:meth:`new_buffer`, made at the block's first copy), while it is still in cache
+    (stacking the block's arrays at its end would read them back from memory), and
+    appends ``(t, what the op saved, that buffer)`` to the op's :meth:`entries`. An
+    array that two ops share (Linear's bias gradient is its output gradient, passed on
+    unchanged) is copied once: the second op's entry names the first one's buffer. At
+    the end of the block :meth:`flush` calls :func:`deferred_gradients` once per op and
+    adds the results into ``captured``, or an x_t's into its rows of xs's gradient
+    (``xs_grads``). An op input that is a row of an array the loop already holds is
+    taken as a slice of it instead of being stacked: x_t is row t of xs, and a carry the
+    step also returns as y (an RNN's h) is a row of that y's buffer (``carry_rows``, see
+    :meth:`Loop.y_buffers`).
     """
 
     def __init__(
@@ -908,29 +917,23 @@ class DeferredSums:
         self.position_of = {slot: index for index, slot in enumerate(loop.tape.captured_slots)}
         self.first, self.count = 0, 0  # the block: steps first .. first + count - 1
         self.pending: dict[int, list[tuple[int, tuple, Any]]] = {}  # op -> (t, its saved arrays, its buffer)
-        self.buffers: dict[int, Any] = {}  # op -> its block buffer, made at its first own copy
-        self.latest: tuple[int, Any, Any] | None = None  # (t, array, buffer) of the last copy
 
     def start_block(self, times: range) -> None:
         """The next steps collected are those of ``times`` (in any order): rows t - min(times) of the buffers."""
         self.first, self.count = min(times), len(times)
-        self.buffers.clear()
 
-    def collect(self, op_index: int, t: int, saved: tuple, grad: Any) -> None:
-        """Copy the output gradient of op ``op_index`` at step ``t`` into its block buffer, keep what it saved."""
-        latest = self.latest
-        if latest is not None and latest[0] == t and latest[1] is grad:
-            buffer = latest[2]  # another op's gradient at this step, the same array: copied already
-        else:
-            buffer = self.buffers.get(op_index)
-            if buffer is None:
-                buffer = self.buffers[op_index] = self.tape.xp.empty((self.count, *grad.shape), dtype=grad.dtype)
-            buffer[t - self.first] = grad
-            self.latest = (t, grad, buffer)
-        self.pending.setdefault(op_index, []).append((t, saved, buffer))
+    def new_buffer(self, grad: Any) -> Any:
+        """A block buffer for gradients like ``grad``: one row per step of the block."""
+        return self.tape.xp.empty((self.count, *grad.shape), dtype=grad.dtype)
+
+    def entries(self, op_index: int) -> list[tuple[int, tuple, Any]]:
+        """The list of op ``op_index``'s ``(t, saved, buffer)`` of this block: the loop appends one per step."""
+        return self.pending.setdefault(op_index, [])
 
     def flush(self) -> None:
         for op_index, entries in self.pending.items():
+            if not entries:  # (no gradient reached the op in this block)
+                continue
             if entries[0][0] > entries[-1][0]:  # collected in visiting order, backward: ascending time, as rows of xs
                 entries.reverse()
             first_input = self._rows_slice(op_index, entries)
@@ -941,7 +944,6 @@ class DeferredSums:
                 else:
                     self.captured.add(self.position_of[slot], grad)
         self.pending.clear()
-        self.latest = None
 
     @staticmethod
     def _add_rows(xs_grad: Any, entries: list[tuple[int, tuple, Any]], grad: Any) -> None:
@@ -1294,7 +1296,8 @@ def saved_ys_as_rows(tape: Tape, y_slots: set[int]) -> list[str]:
 
 
 def backward_loop_source(loop: Loop) -> str:
-    """The source of ``backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release)``.
+    """The source of ``backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred, add,
+    release)``.
 
     For each visit of ``visits`` (in the order given: last step first), the VJPs of
     step ``t = order[visit]`` run on its record ``steps[visit - offset]`` (each saved
@@ -1302,16 +1305,21 @@ def backward_loop_source(loop: Loop) -> str:
     the carry's gradient from the step after it and ``ys_grads[k][t]``. Then x_t's
     gradient is written at row t of its ``xs_grads`` buffer (zero where none reached
     it), an implicit input's gradient from this step goes to ``add(position, grad)``,
-    and an op with deferred inputs hands ``collect(op_index, t, saved, grad)`` what it
-    saved and its output gradient. ``release`` drops each step's record once used.
+    and an op with deferred inputs hands ``deferred`` (:class:`DeferredSums`, at the
+    start of a block) what it saved and its output gradient (:func:`collect_lines`).
+    ``release`` drops each step's record once used.
     Returns the carry's gradient.
     """
     tape = loop.tape
     kept = kept_records(tape)
-    lines = ["def backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, collect, add, release):"]
+    lines = ["def backward(steps, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred, add, release):"]
     lines.extend(
         f"    c{index} = new(context{index})  # one for every step" for index in shared_indices(tape, "backward")
     )
+    collecting = [index for index, op in replay_order(tape) if op.deferred]
+    if collecting:
+        lines.append("    first = deferred.first")
+        lines.extend(f"    b{index}, p{index} = None, deferred.entries({index})" for index in collecting)
     lines.append(f"    {_names('k', range(len(loop.carry_in)))} = carry_grads")
     if loop.y_out:
         lines.append(f"    {_names('yg', range(len(loop.y_out)))} = ys_grads")
@@ -1322,6 +1330,8 @@ def backward_loop_source(loop: Loop) -> str:
     if kept:
         lines.append(f"        {', '.join(kept)}, = steps[visit - offset]")
     lines.append("        if release: steps[visit - offset] = None  # free this step's saved arrays now")
+    if len(collecting) > 1:
+        lines.append("        last = None  # the gradient an op with deferred inputs copied last at this step")
     first_seeds = dict.fromkeys(loop.carry_out)  # (a carry may return one value twice: the seeds add up)
     lines.extend(f"        g{slot} = None" for slot in gradient_slots(tape) if slot not in first_seeds)
     seeded = set()
@@ -1334,7 +1344,10 @@ def backward_loop_source(loop: Loop) -> str:
     for k, slot in enumerate(loop.y_out):
         lines.append(f"        if yg{k} is not None:")
         lines.append(f"            a = yg{k}[t]; g{slot} = a if g{slot} is None else g{slot} + a")
-    collect = "collect({index}, t, c{index}.saved_tensors, {given})"
+
+    def collect(index: int, given: str) -> list[str]:
+        return collect_lines(index, given, shared=collecting.index(index) > 0, last=index == collecting[-1])
+
     lines.extend(vjp_body(tape, "        ", collect, set(loop.carry_out + loop.y_out)))
     for k, slot in enumerate(loop.x_in):
         lines.append(f"        if xg{k} is not None: xg{k}[t] = 0 if g{slot} is None else g{slot}")
@@ -1343,6 +1356,28 @@ def backward_loop_source(loop: Loop) -> str:
     lines.append(f"        {_names('k', range(len(loop.carry_in)))} = {_names('g', loop.carry_in)}")
     lines.append(f"    return [{', '.join(f'k{k}' for k in range(len(loop.carry_in)))}]")
     return "\n".join(lines)
+
+
+def collect_lines(index: int, given: str, shared: bool, last: bool) -> list[str]:
+    """Lines that hand op ``index`` (one with deferred inputs) its output gradient at step t (see DeferredSums).
+
+    The gradient is copied into row ``t - first`` of the op's block buffer ``bK`` and
+    the step's entry appended to ``pK``. ``shared``: an op visited before it at this
+    step copied a gradient too, and when that was this very array (``last``), the entry
+    names that op's buffer instead of copying again. ``last``: no later op compares.
+    """
+    lines, d = ([], given) if given.isidentifier() else ([f"d = {given}"], "d")  # (evaluated once)
+    copy = [
+        f"if b{index} is None: b{index} = deferred.new_buffer({d})",
+        f"b{index}[t - first] = {d}; p{index}.append((t, c{index}.saved_tensors, b{index}))",
+    ]
+    if not last:
+        copy.append(f"last, last_buffer = {d}, b{index}")
+    if not shared:
+        return lines + copy
+    lines.append(f"if {d} is last: p{index}.append((t, c{index}.saved_tensors, last_buffer))  # copied already")
+    lines.append("else:")
+    return lines + [f"    {line}" for line in copy]
 
 
 def _names(prefix: str, numbers: Sequence[int]) -> str:
@@ -1546,7 +1581,7 @@ class Scan(Function):
                 deferred.start_block(order[block_start:block_stop])  # the times of these visits
                 visits = range(block_stop - 1, block_start - 1, -1)
                 carry_grads = backward(
-                    records, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred.collect,
+                    records, offset, visits, order, carry_grads, ys_grads, xs_grads, deferred,
                     captured.add, release,
                 )  # fmt: skip
                 deferred.flush()
