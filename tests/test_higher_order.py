@@ -314,6 +314,8 @@ def test_declared_saves_match_what_each_forward_saves() -> None:
         result = original(cls, *args, **kwargs)
         outputs = result if isinstance(result, tuple) else (result,)
         node = outputs[0]._node
+        if node is not None and cls.saves is not None:  # every call saves exactly what saves names
+            assert len(node.saved_tensors) == len(cls.saves), f"{cls.__name__} saved {len(node.saved_tensors)}"
         if node is not None and cls.saves is not None and node.saved_tensors:
             arrays = [a.data if isinstance(a, tl.Tensor) else a for a in args]
             found = function_module.saved_roles(node.saved_tensors, arrays, tuple(o.data for o in outputs))

@@ -205,8 +205,9 @@ class Function:
     * ``create_graph_advice``: what that error tells the user to do instead.
     * ``saves``: the built-in ops name what ``forward`` passes to
       ``save_for_backward``, in order: ``forward``'s parameter names, ``"y"`` for the
-      output (so the engine needs no look-up on the hot path). Left None (as users
-      leave it), the engine finds out by identity when the node is recorded.
+      output (so the engine needs no look-up on the hot path). It is a promise for
+      every call: ``forward`` always saves exactly those (a replay relies on it). Left
+      None (as users leave it), the engine finds out by identity when the node is recorded.
     * ``fresh_gradients`` (default False): True promises that ``backward`` returns
       arrays it has just made (or views of them) and hands each to one input only,
       except that its first two inputs may share one (``x * x``). The engine then adds

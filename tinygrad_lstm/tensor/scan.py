@@ -349,8 +349,10 @@ def forward_body(
     """One line per op (and the line making its Context): ``vN = forwardK(cK, ...)``, in tape order.
 
     The ops of ``scratch`` (indices) use a Context made before these lines (one for every
-    step of a loop, or for every call): they only reset its ``saved_tensors``, and with
-    ``read_saved`` those that record read it back into ``sK`` right after their forward.
+    step of a loop, or for every call): they only reset its ``saved_tensors`` (not even
+    that where the op's ``saves`` is not empty: its forward then always saves, and
+    overwrites the last step's), and with ``read_saved`` those that record read it back
+    into ``sK`` right after their forward.
     A value the ops compute is let go (``del vN``) right after its last reader, unless
     it is one of the tape's outputs (read after these lines): see :func:`last_readers`.
     With ``in_blocks`` (a loop recomputing steps), a ``batched`` op is not called: its
@@ -380,8 +382,10 @@ def forward_body(
         results = ", ".join(f"v{slot}" for slot in op.outputs) + (
             "," if op.multi_output and len(op.outputs) == 1 else ""
         )
-        made = "" if index in scratch else f"c{index} = new(context{index}); "
-        lines.append(f"{indent}{made}c{index}.saved_tensors = ()")
+        if index not in scratch:
+            lines.append(f"{indent}c{index} = new(context{index}); c{index}.saved_tensors = ()")
+        elif not op.function.saves:  # (a built-in that saves something always does, in full: no reset needed)
+            lines.append(f"{indent}c{index}.saved_tensors = ()")
         lines.append(f"{indent}{results} = forward{index}(c{index}, {', '.join(arguments)})  # {op.function.__name__}")
         if op.wrap_scalars:
             lines.extend(f"{indent}v{slot} = xp.asarray(v{slot})" for slot in op.outputs)
