@@ -1350,7 +1350,7 @@ def backward_loop_source(loop: Loop) -> str:
         lines.append(f"            a = yg{k}[t]; g{slot} = a if g{slot} is None else g{slot} + a")
 
     def collect(index: int, given: str) -> list[str]:
-        return collect_lines(index, given, shared=collecting.index(index) > 0, last=index == collecting[-1])
+        return collect_lines(index, given, shared=collecting.index(index) > 0, final=index == collecting[-1])
 
     lines.extend(vjp_body(tape, "        ", collect, set(loop.carry_out + loop.y_out)))
     for k, slot in enumerate(loop.x_in):
@@ -1362,20 +1362,21 @@ def backward_loop_source(loop: Loop) -> str:
     return "\n".join(lines)
 
 
-def collect_lines(index: int, given: str, shared: bool, last: bool) -> list[str]:
+def collect_lines(index: int, given: str, shared: bool, final: bool) -> list[str]:
     """Lines that hand op ``index`` (one with deferred inputs) its output gradient at step t (see DeferredSums).
 
     The gradient is copied into row ``t - first`` of the op's block buffer ``bK`` and
     the step's entry appended to ``pK``. ``shared``: an op visited before it at this
-    step copied a gradient too, and when that was this very array (``last``), the entry
-    names that op's buffer instead of copying again. ``last``: no later op compares.
+    step may have copied a gradient; when that was this very array (the generated
+    code's ``last``), the entry names that op's buffer instead of copying again.
+    ``final``: no op after it compares, so it need not note what it copied.
     """
     lines, d = ([], given) if given.isidentifier() else ([f"d = {given}"], "d")  # (evaluated once)
     copy = [
         f"if b{index} is None: b{index} = deferred.new_buffer({d})",
         f"b{index}[t - first] = {d}; p{index}.append((t, c{index}.saved_tensors, b{index}))",
     ]
-    if not last:
+    if not final:
         copy.append(f"last, last_buffer = {d}, b{index}")
     if not shared:
         return lines + copy
