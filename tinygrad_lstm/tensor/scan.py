@@ -266,11 +266,8 @@ class Tracer:
             multi_output, needs_tuple, wrap_scalars, grad_enabled, step_needs=needs_tuple,
         )  # fmt: skip
         op.saves_only = cls.__module__ == ops.__name__ and not ctx.__dict__ and ctx.output_device == ctx.device
-        if cls.__module__ == ops.__name__:
-            outputs = [result.data for result in results]
-            op.saved_as_output = tuple(
-                next((k for k, out in enumerate(outputs) if out is array), -1) for array in ctx.saved_tensors
-            )
+        if cls.__module__ == ops.__name__ and ctx.saved_tensors:
+            op.saved_as_output = saved_as_output(ctx.saved_tensors, results)
         self.ops.append(op)
         self.contexts[id(op)] = ctx
         return tuple(results) if multi_output else results[0]
@@ -286,6 +283,19 @@ class Tracer:
             device, backend.get_array_module(device), self.meta, self.requires, input_slots,
             self.captured, self.captured_slots, self.ops, output_slots,
         )  # fmt: skip
+
+
+def saved_as_output(saved: tuple, results: list[Tensor]) -> tuple[int, ...]:
+    """For each saved array, the index of the result it is (by identity), or -1."""
+    indices = []
+    for array in saved:
+        index = -1
+        for k, result in enumerate(results):
+            if result.data is array:
+                index = k
+                break
+        indices.append(index)
+    return tuple(indices)
 
 
 def trace(
