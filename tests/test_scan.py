@@ -1962,6 +1962,22 @@ def hand_over(deferred, op_index: int, t: int, saved: tuple, grad: np.ndarray) -
     deferred.entries(op_index).append((t, saved, buffer))
 
 
+def test_deferred_sums_of_an_op_no_gradient_reached_in_a_block_add_nothing() -> None:
+    """The reverse loop asks for every such op's entries as a block starts; one that got no
+    gradient at any step of the block leaves its list empty, and flush passes it by."""
+    rng = np.random.default_rng(5)
+    weight = tensor(rng, 3, 2)
+    h0, xs = tensor(rng, 2, 2), tensor(rng, 4, 2, 2)
+    _, ys = tl.scan(lambda h, x: ((tl.linear(h, weight) + x[:, :1]).tanh()[:, :2] * 1.0, h), h0, xs)
+    loop = ys.grad_fn.loop
+    deferred = scan_module.DeferredSums(loop, [xs.data], {}, scan_module.Accumulator(len(loop.tape.captured)), [None])
+    deferred.start_block(range(4))
+    op_index = next(k for k, op in enumerate(loop.tape.ops) if op.deferred)
+    assert deferred.entries(op_index) == []
+    deferred.flush()
+    assert deferred.captured.grads == [None] * len(loop.tape.captured) and deferred.pending == {}
+
+
 def test_deferred_sums_stack_the_steps_an_op_got_a_gradient_at_when_they_are_not_consecutive() -> None:
     """The rare way: an op with no output gradient at some step of a block. Its gradients
     and inputs over the steps it had are stacked, in time order."""
