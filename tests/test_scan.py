@@ -1743,24 +1743,27 @@ def test_checkpointing_lowers_peak_memory() -> None:
     )
 
 
-def test_a_y_its_op_saves_is_kept_once_as_its_row_of_the_ys_buffer() -> None:
-    """An RNN's h = tanh(·): Tanh saves its output, which is also the step's y. Each replayed
-    step's record holds the row of ys (no second copy of every h until backward), and the
-    gradients are still those of the written-out loop."""
+@pytest.mark.parametrize("saver", [ops.Tanh, ops.Max])
+def test_a_y_its_op_saves_is_kept_once_as_its_row_of_the_ys_buffer(saver) -> None:
+    """An RNN's h = tanh(·): Tanh saves its output, which is also the step's y. Each step's
+    record (the traced first one's too) holds the row of ys (no second copy of every h until
+    backward), and the gradients are still those of the written-out loop. Max saves its
+    output too, in a Context of its own per step (it also sets the axis on it)."""
     rng = np.random.default_rng(9)
     weight, h0, xs = tensor(rng, 4, 4), tensor(rng, 2, 4), tensor(rng, 6, 2, 4)
 
     def step(h, x):
         h = tl.linear(h, weight, x).tanh()
-        return h, h
+        return h, (h if saver is ops.Tanh else h.max(axis=1, keepdims=True))
 
     _, ys = tl.scan(step, h0, xs)
     node = ys.grad_fn
-    tanh = next(k for k, op in enumerate(node.loop.tape.ops) if op.function is ops.Tanh)
-    position = [k for k, op in enumerate(node.loop.tape.ops) if op.records].index(tanh)
-    for t, record in enumerate(node.steps[1:], start=1):  # (step 0's record is the trace's own)
-        (saved,) = record[position]
-        assert np.shares_memory(saved, ys.data) and np.array_equal(saved, ys.data[t])
+    index = next(k for k, op in enumerate(node.loop.tape.ops) if op.function is saver)
+    position = [k for k, op in enumerate(node.loop.tape.ops) if op.records].index(index)
+    assert len(node.steps) == 6
+    for t, record in enumerate(node.steps):
+        saved = record[position] if type(record[position]) is tuple else record[position].saved_tensors
+        assert np.shares_memory(saved[-1], ys.data) and np.array_equal(saved[-1], ys.data[t])
     compiled = values_and_gradients(lambda: tl.scan(step, h0, xs), [weight, h0, xs])
 
     def written_out():

@@ -1162,6 +1162,27 @@ class Loop:
             value_of[slot] = buffer[t]
         return [value_of[slot] for slot in self.carry_out]
 
+    def first_record_with_rows(self, record: tuple, ys: list[Any]) -> tuple:
+        """The traced first step's record, holding its y's rows of ``ys`` where an op saved a y.
+
+        What :func:`saved_ys_as_rows` does for every replayed step, for the step that
+        tracing computed (after :meth:`take_first_step` wrote its rows).
+        """
+        t = self.order[0]
+        row_of = {slot: buffer[t] for buffer, slot in zip(ys, self.y_out)}
+        kept = []
+        for op, entry in zip([op for op in self.tape.ops if op.records], record):  # as kept_records
+            rows = [row_of.get(op.outputs[k]) if k >= 0 else None for k in op.saved_as_output]
+            if any(row is not None for row in rows):
+                saved = entry if op.saves_only else entry.saved_tensors
+                saved = tuple(array if row is None else row for array, row in zip(saved, rows))
+                if op.saves_only:
+                    entry = saved
+                else:
+                    entry.saved_tensors = saved
+            kept.append(entry)
+        return tuple(kept)
+
     def per_step_captured(self) -> list[tuple[int, int]]:
         """(position, slot) of each implicit input that gets a gradient from every step (not deferred).
 
@@ -1545,7 +1566,7 @@ class Scan(Function):
         if traced is not None:  # tracing ran the first step already: go on from its results
             record, traced_carry, traced_y = traced
             carry, visits = loop.take_first_step(traced_carry, traced_y, ys), range(1, loop.length)
-            first = [record] if keep_steps else []
+            first = [loop.first_record_with_rows(record, ys)] if keep_steps else []
         steps, checkpoints = [], []
         if visits:
             carry, steps, checkpoints = loop.run(values, carry, xs, visits, keep_steps, ys)
