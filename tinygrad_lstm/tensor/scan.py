@@ -1172,10 +1172,10 @@ class Loop:
         row_of = {slot: buffer[t] for buffer, slot in zip(ys, self.y_out)}
         kept = []
         for op, entry in zip([op for op in self.tape.ops if op.records], record):  # as kept_records
-            rows = [row_of.get(op.outputs[k]) if k >= 0 else None for k in op.saved_as_output]
-            if any(row is not None for row in rows):
+            slots = saved_y_slots(op, row_of)
+            if any(slot >= 0 for slot in slots):
                 saved = entry if op.saves_only else entry.saved_tensors
-                saved = tuple(array if row is None else row for array, row in zip(saved, rows))
+                saved = tuple(array if slot < 0 else row_of[slot] for array, slot in zip(saved, slots))
                 if op.saves_only:
                     entry = saved
                 else:
@@ -1308,6 +1308,11 @@ def forward_loop_source(loop: Loop, keep: bool, in_blocks: bool = False) -> str:
     return "\n".join(lines)
 
 
+def saved_y_slots(op: TapeOp, y_slots: Collection[int]) -> list[int]:
+    """For each array ``op`` saves: the slot of the step's y it is (its row of ys can stand in), or -1."""
+    return [op.outputs[k] if k >= 0 and op.outputs[k] in y_slots else -1 for k in op.saved_as_output]
+
+
 def saved_ys_as_rows(tape: Tape, y_slots: set[int]) -> list[str]:
     """Lines that hand each op which saved a y of the step that y's row of its buffer, in place of its own array.
 
@@ -1320,7 +1325,7 @@ def saved_ys_as_rows(tape: Tape, y_slots: set[int]) -> list[str]:
     """
     lines = []
     for index, op in enumerate(tape.ops):
-        rows = [op.outputs[k] if k >= 0 and op.outputs[k] in y_slots else -1 for k in op.saved_as_output]
+        rows = saved_y_slots(op, y_slots)
         if not op.records or all(slot < 0 for slot in rows):
             continue
         saved = "".join(
